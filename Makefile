@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Each creates or reuses ./.venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow venv clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/unetseg demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" src tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,71 @@
+"""Atomic file output: write to a temporary sibling, then rename over the final name.
+
+A crash, a ``kill -9`` or an exception while writing never leaves a half-written file under
+the final name; at worst a hidden ``.NAME.*.tmp`` file remains next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path that is renamed to ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination. Its parent folder must exist.
+    directory : bool
+        Yield a temporary *folder* (for zarr stores) instead of a file name.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write. On success it replaces ``path``; on error it is removed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "out.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (d / "out.txt").read_text()
+    'done'
+    """
+    final = Path(path)
+    parent = final.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{parent}: output folder does not exist")
+    prefix = f".{final.name}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if final.exists():
+                shutil.rmtree(final) if final.is_dir() else final.unlink()
+        else:
+            _fsync(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

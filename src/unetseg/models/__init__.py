@@ -1,0 +1,24 @@
+"""The U-Net model family: the paper's U-Net (and its variants) and FusionNet.
+
+Models import only torch and return logits. ``save``/``load`` write and read safetensors plus a
+JSON config; loading never unpickles.
+"""
+
+from .files import ARCHITECTURES, build, load, load_with_config, read_config, save
+from .flops import count_conv_layers, flops_per_output_pixel, parameter_count
+from .fusionnet import FusionNet
+from .unet import UNet
+
+__all__ = [
+    "ARCHITECTURES",
+    "FusionNet",
+    "UNet",
+    "build",
+    "count_conv_layers",
+    "flops_per_output_pixel",
+    "load",
+    "load_with_config",
+    "parameter_count",
+    "read_config",
+    "save",
+]

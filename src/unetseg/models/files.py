@@ -1,0 +1,183 @@
+"""Model files: safetensors weights plus a JSON config. Nothing here ever unpickles.
+
+A model saved as ``NAME.safetensors`` gets ``NAME.json`` beside it::
+
+    {"format": "unetseg-model", "format_version": 1, "unetseg_version": "0.1.0",
+     "arch": "UNet", "args": {...all constructor arguments...}, "extra": {...}}
+
+The same JSON is stored in the safetensors header metadata, so the weights file alone is enough
+to rebuild the model; the separate JSON is for people and tools to read. ``extra`` carries what
+inference needs besides the network (input normalisation, class meaning).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import ModelFileError
+from .fusionnet import FusionNet
+from .unet import UNet
+
+FORMAT = "unetseg-model"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+ARCHITECTURES: dict[str, type[nn.Module]] = {"UNet": UNet, "FusionNet": FusionNet}
+_TOP_KEYS = {"format", "format_version", "unetseg_version", "arch", "args", "extra"}
+
+
+def build(arch: str, args: dict[str, Any]) -> nn.Module:
+    """Construct a registered architecture from its name and constructor arguments.
+
+    Unknown architectures and unknown or badly typed arguments raise ``ModelFileError``.
+
+    Examples
+    --------
+    >>> build("UNet", {"base_channels": 4}).config["base_channels"]
+    4
+    """
+    if arch not in ARCHITECTURES:
+        raise ModelFileError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(args) - accepted)
+    if unknown:
+        raise ModelFileError(f"{arch}: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{arch}: invalid arguments: {exc}") from exc
+
+
+def _weights_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return p / WEIGHTS_NAME
+    if p.suffix != ".safetensors":
+        return p.with_suffix(".safetensors")
+    return p
+
+
+def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as safetensors plus a JSON config; return the weights path.
+
+    ``path`` is a ``.safetensors`` file name or an existing folder (then ``model.safetensors``
+    inside it). Both files are written atomically.
+    """
+    from .. import __version__
+
+    arch = getattr(model, "arch", None)
+    if arch not in ARCHITECTURES or not hasattr(model, "config"):
+        raise ModelFileError(f"cannot save {type(model).__name__}: only {', '.join(ARCHITECTURES)} models are supported")
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "unetseg_version": __version__,
+        "arch": arch,
+        "args": dict(model.config),
+        "extra": dict(extra or {}),
+    }
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    weights = _weights_path(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"unetseg": text})
+    with atomic_path(weights.with_suffix(".json")) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return weights
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate the JSON config stored in a model's safetensors header."""
+    weights = _weights_path(path)
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: model file not found")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights}: {_not_safetensors_reason(weights)} ({exc})") from exc
+    if "unetseg" not in metadata:
+        raise ModelFileError(f"{weights}: safetensors file has no unetseg config in its header")
+    return _parse_config(metadata["unetseg"], weights)
+
+
+def _parse_config(text: str, source: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{source}: config is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{source}: config is not a {FORMAT} config")
+    unknown = sorted(set(meta) - _TOP_KEYS)
+    if unknown:
+        raise ModelFileError(f"{source}: unknown config key(s) {', '.join(unknown)}")
+    missing = sorted({"arch", "args"} - set(meta))
+    if missing:
+        raise ModelFileError(f"{source}: config lacks key(s) {', '.join(missing)}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{source}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    if not isinstance(meta["args"], dict):
+        raise ModelFileError(f"{source}: 'args' must be an object")
+    meta.setdefault("extra", {})
+    return meta
+
+
+def _not_safetensors_reason(path: Path) -> str:
+    """Why a file that safetensors could not parse was refused (it is never unpickled)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    # Pickle protocol 2+ starts with 0x80; torch.save zip archives start with "PK".
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        return "this is a pickle/torch.save file; unetseg only loads safetensors (pickles can run code)"
+    if len(head) < 8:
+        return f"file is truncated ({len(head)} bytes)"
+    return "not a valid safetensors file (corrupt or truncated)"
+
+
+def load_with_config(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its file alone; return it (in eval mode) with its config."""
+    weights = _weights_path(path)
+    meta = read_config(weights)
+    side = weights.with_suffix(".json")
+    if side.is_file():
+        side_meta = _parse_config(side.read_text(encoding="utf-8"), side)
+        if side_meta["arch"] != meta["arch"] or side_meta["args"] != meta["args"]:
+            raise ModelFileError(f"{side}: does not match the config stored in {weights.name}")
+    model = build(meta["arch"], meta["args"])
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights}: cannot read weights ({exc})") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelFileError(
+            f"{weights}: tensors do not match the {meta['arch']} config "
+            f"(missing: {', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(unexpected[:3]) or 'none'})"
+        )
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ModelFileError(f"{weights}: tensor {key} has shape {tuple(value.shape)}, config expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state)
+    model.eval()
+    return model.to(device), meta
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save` (a ``.safetensors`` file or a folder holding one).
+
+    The model is returned in eval mode. Pickles, truncated files and configs with unknown keys
+    raise :class:`~unetseg.errors.ModelFileError`.
+    """
+    return load_with_config(path, device=device)[0]

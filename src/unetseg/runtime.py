@@ -1,0 +1,87 @@
+"""Device, precision and thread choices shared by training and inference."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+from .errors import ConfigError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None`` into a device.
+
+    ``"auto"`` and ``None`` pick CUDA when available, else the CPU.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r}: expected auto, cpu or cuda[:N]") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+@functools.cache
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Resolve ``"auto"`` to ``"bf16"`` where it is fast and to ``"fp32"`` elsewhere.
+
+    On CUDA, ``auto`` means bf16 autocast when the GPU supports it, else fp16.
+
+    Examples
+    --------
+    >>> resolve_precision("fp32", torch.device("cpu"))
+    'fp32'
+    """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision {precision!r}: expected auto, fp32, bf16 or fp16")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` (``fp32`` gives a no-op context)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format(device: torch.device, spatial_dims: int = 2) -> torch.memory_format:
+    """channels_last for 2D convolutions (faster with oneDNN and cuDNN), contiguous otherwise."""
+    if spatial_dims == 2:
+        return torch.channels_last
+    return torch.channels_last_3d if spatial_dims == 3 else torch.contiguous_format
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set PyTorch intra-op threads (default: the CPUs this process may use) and return it."""
+    if num_threads is None:
+        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(num_threads)))
+    return torch.get_num_threads()
