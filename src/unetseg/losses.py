@@ -1,0 +1,256 @@
+"""Training losses: the paper's weighted soft-max cross-entropy, soft Dice, BCE and Dice + CE.
+
+Every loss takes ``logits`` of shape ``(N, C, *spatial)`` and a batch of per-pixel tensors of the
+output's spatial shape: ``target`` (int64 class indices), optionally ``weight`` (float, the paper's
+weight map ``w(x)``) and ``mask`` (bool, ``True`` where a pixel counts; ``False`` for ignored
+pixels such as unlabelled regions or the border the network cannot see).
+
+Reduction
+---------
+The paper's energy ``E = sum_x w(x) log p_{l(x)}(x)`` is a **sum** over pixels. ``reduction``
+chooses how that sum is scaled:
+
+``"sum"``
+    The paper's energy per image: sum over the valid pixels of each image, averaged over the
+    batch. Gradients grow with the tile area, so the learning rate must shrink with it.
+``"mean"``
+    The sum divided by the number of valid pixels (what most libraries do). Same direction as
+    ``"sum"``; with plain SGD, ``lr_mean = lr_sum * P`` gives identical updates, where ``P`` is
+    the number of valid output pixels per image (for example 388 x 388 = 150,544).
+``"weight"``
+    The sum divided by the sum of the weights of the valid pixels. Equal to ``"mean"`` without a
+    weight map; with one it keeps the loss scale independent of ``w0`` and of how many borders a
+    tile holds.
+
+See ``docs/training.md`` for how this relates to the paper's SGD recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError
+
+Reduction = Literal["sum", "mean", "weight"]
+REDUCTIONS = ("sum", "mean", "weight")
+
+
+def _check(logits: Tensor, target: Tensor) -> None:
+    if logits.dim() < 3:
+        raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)} (expected (N, *spatial))")
+
+
+def _reduce(per_pixel: Tensor, weight: Tensor | None, mask: Tensor | None, reduction: str) -> Tensor:
+    """Reduce an (N, *spatial) per-pixel loss already multiplied by ``weight`` and ``mask``."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"loss.reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+    if reduction == "sum":
+        return per_pixel.sum() / per_pixel.shape[0]
+    if reduction == "mean":
+        count = mask.sum() if mask is not None else torch.tensor(float(per_pixel.numel()), device=per_pixel.device)
+        return per_pixel.sum() / count.clamp_min(1)
+    denom = weight if weight is not None else torch.ones_like(per_pixel)
+    if mask is not None:
+        denom = denom * mask
+    return per_pixel.sum() / denom.sum().clamp_min(1e-12)
+
+
+def weighted_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """The paper's energy: pixel-wise soft-max cross-entropy weighted by ``weight``.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(N, C, *spatial)`` network output (before soft-max).
+    target : Tensor
+        ``(N, *spatial)`` int64 class indices. Values outside ``[0, C)`` must be masked out.
+    weight : Tensor, optional
+        ``(N, *spatial)`` per-pixel weights (the weight map). ``None`` weighs every pixel 1.
+    mask : Tensor, optional
+        ``(N, *spatial)`` bool, ``False`` where the pixel is ignored.
+    reduction : {"sum", "mean", "weight"}
+        See the module docstring.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (float32 even under autocast).
+
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 2, 2, 2)
+    >>> target = torch.tensor([[[0, 1], [1, 0]]])
+    >>> round(float(weighted_cross_entropy(logits, target)), 4)  # log(2)
+    0.6931
+    >>> round(float(weighted_cross_entropy(logits, target, reduction="sum")), 4)  # 4 log(2)
+    2.7726
+    """
+    _check(logits, target)
+    safe_target = target
+    if mask is not None:
+        safe_target = torch.where(mask, target, torch.zeros_like(target))
+    per_pixel = F.cross_entropy(logits.float(), safe_target, reduction="none")
+    if weight is not None:
+        per_pixel = per_pixel * weight.float()
+    if mask is not None:
+        per_pixel = per_pixel * mask
+    return _reduce(per_pixel, weight, mask, reduction)
+
+
+def binary_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Sigmoid binary cross-entropy (the padded U-Net variant: one output channel + sigmoid).
+
+    ``logits`` has one channel (its sigmoid is the foreground probability) or two (then the
+    foreground logit is ``logits[:, 1] - logits[:, 0]``, which makes BCE identical to the
+    two-class soft-max CE). ``target`` holds 0/1.
+
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 1, 2, 2)
+    >>> round(float(binary_cross_entropy(logits, torch.ones(1, 2, 2, dtype=torch.long))), 4)
+    0.6931
+    """
+    _check(logits, target)
+    if logits.shape[1] == 1:
+        fg = logits[:, 0]
+    elif logits.shape[1] == 2:
+        fg = logits[:, 1] - logits[:, 0]
+    else:
+        raise ValueError(f"binary_cross_entropy needs 1 or 2 channels, got {logits.shape[1]}")
+    per_pixel = F.binary_cross_entropy_with_logits(fg.float(), (target > 0).float(), reduction="none")
+    if weight is not None:
+        per_pixel = per_pixel * weight.float()
+    if mask is not None:
+        per_pixel = per_pixel * mask
+    return _reduce(per_pixel, weight, mask, reduction)
+
+
+def soft_dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    classes: tuple[int, ...] | None = None,
+    smooth: float = 1.0,
+) -> Tensor:
+    """``1 - mean over classes of the soft Dice``, pooled over the batch.
+
+    Soft Dice of class ``c`` = ``(2 sum p_c g_c + smooth) / (sum p_c + sum g_c + smooth)`` over
+    the unmasked pixels, with ``p`` the soft-max (sigmoid for one channel) probabilities and
+    ``g`` the one-hot target. ``classes`` picks which classes are averaged (default: all; for one
+    channel: the foreground).
+
+    Examples
+    --------
+    >>> target = torch.tensor([[[0, 1], [1, 0]]])
+    >>> perfect = torch.stack([(target == 0), (target == 1)], 1).float() * 40 - 20
+    >>> float(soft_dice_loss(perfect, target)) < 1e-6
+    True
+    """
+    _check(logits, target)
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        probs = torch.sigmoid(logits)
+        onehot = (target > 0).unsqueeze(1).float()
+    else:
+        probs = torch.softmax(logits, dim=1)
+        safe = target if mask is None else torch.where(mask, target, torch.zeros_like(target))
+        onehot = F.one_hot(safe.clamp(0, logits.shape[1] - 1), logits.shape[1]).movedim(-1, 1).float()
+    if mask is not None:
+        m = mask.unsqueeze(1).float()
+        probs = probs * m
+        onehot = onehot * m
+    dims = [0] + list(range(2, logits.dim()))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)
+    if classes is not None:
+        dice = dice[list(classes)]
+    return 1 - dice.mean()
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which loss to train with.
+
+    Attributes
+    ----------
+    name : {"ce", "bce", "dice", "dice_ce"}
+        ``ce`` is the paper's weighted soft-max cross-entropy.
+    reduction : {"sum", "mean", "weight"}
+        How the pixel sum is scaled (see :mod:`unetseg.losses`).
+    use_weight_map : bool
+        Multiply the cross-entropy by the batch's ``weight`` map (the paper's ``w(x)``).
+    dice_weight, ce_weight : float
+        Mix of ``dice_ce``: ``ce_weight * CE + dice_weight * Dice``.
+    dice_classes : list of int, optional
+        Classes averaged in the Dice term (default: all).
+    dice_smooth : float
+        Additive smoothing of the soft Dice.
+    """
+
+    name: Literal["ce", "bce", "dice", "dice_ce"] = "ce"
+    reduction: Literal["sum", "mean", "weight"] = "mean"
+    use_weight_map: bool = True
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    dice_classes: list[int] | None = None
+    dice_smooth: float = 1.0
+
+
+LossFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+
+
+def build_loss(cfg: LossConfig) -> LossFn:
+    """A function ``loss(logits, batch)`` for ``cfg``; ``batch`` holds target, weight and mask.
+
+    Examples
+    --------
+    >>> fn = build_loss(LossConfig(name="dice_ce"))
+    >>> batch = {"target": torch.zeros(1, 4, 4, dtype=torch.long)}
+    >>> float(fn(torch.zeros(1, 2, 4, 4), batch)) > 0
+    True
+    """
+    if cfg.name not in ("ce", "bce", "dice", "dice_ce"):
+        raise ConfigError(f"loss.name {cfg.name!r}: expected ce, bce, dice or dice_ce")
+    if cfg.reduction not in REDUCTIONS:
+        raise ConfigError(f"loss.reduction {cfg.reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+    classes = tuple(cfg.dice_classes) if cfg.dice_classes is not None else None
+
+    def loss(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        target = batch["target"]
+        mask = batch.get("mask")
+        weight = batch.get("weight") if cfg.use_weight_map else None
+        if cfg.name == "ce":
+            return weighted_cross_entropy(logits, target, weight, mask, reduction=cfg.reduction)
+        if cfg.name == "bce":
+            return binary_cross_entropy(logits, target, weight, mask, reduction=cfg.reduction)
+        dice = soft_dice_loss(logits, target, mask, classes=classes, smooth=cfg.dice_smooth)
+        if cfg.name == "dice":
+            return dice
+        ce = weighted_cross_entropy(logits, target, weight, mask, reduction=cfg.reduction)
+        return cfg.ce_weight * ce + cfg.dice_weight * dice
+
+    return loss

@@ -1,0 +1,119 @@
+"""Losses: the paper's weighted CE, reductions, Dice, BCE, Dice + CE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unetseg.errors import ConfigError
+from unetseg.losses import (
+    LossConfig,
+    binary_cross_entropy,
+    build_loss,
+    soft_dice_loss,
+    weighted_cross_entropy,
+)
+
+
+def _batch(seed=0, n=2, c=2, h=6, w=5):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, h, w, generator=g)
+    target = torch.randint(0, c, (n, h, w), generator=g)
+    weight = torch.rand(n, h, w, generator=g) * 10 + 1
+    mask = torch.rand(n, h, w, generator=g) > 0.3
+    return logits, target, weight, mask
+
+
+def test_ce_matches_hand_formula():
+    logits, target, weight, mask = _batch()
+    logp = torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0]
+    manual_sum = -(logp * weight * mask).sum() / logits.shape[0]
+    got = weighted_cross_entropy(logits, target, weight, mask, reduction="sum")
+    assert torch.allclose(got, manual_sum, atol=1e-5)
+    got_mean = weighted_cross_entropy(logits, target, weight, mask, reduction="mean")
+    assert torch.allclose(got_mean, manual_sum * logits.shape[0] / mask.sum(), atol=1e-5)
+    got_w = weighted_cross_entropy(logits, target, weight, mask, reduction="weight")
+    assert torch.allclose(got_w, manual_sum * logits.shape[0] / (weight * mask).sum(), atol=1e-5)
+
+
+def test_masked_pixels_do_not_matter_even_with_invalid_labels():
+    logits, target, weight, mask = _batch(1)
+    target2 = target.clone()
+    target2[~mask] = 255  # an "ignore" value outside the classes
+    logits2 = logits.clone()
+    logits2[:, :, ~mask[0]] = 0  # change only ignored pixels (in image 0)
+    a = weighted_cross_entropy(logits, target, weight, mask)
+    b = weighted_cross_entropy(logits2, torch.where(mask, target2, target2 * 0), weight, mask)
+    assert torch.allclose(a, weighted_cross_entropy(logits, target2, weight, mask))
+    assert torch.isfinite(b)
+
+
+def test_gradient_of_sum_is_pixels_times_mean():
+    logits, target, _, _ = _batch(2, n=1)
+    x1 = logits.clone().requires_grad_()
+    x2 = logits.clone().requires_grad_()
+    weighted_cross_entropy(x1, target, reduction="sum").backward()
+    weighted_cross_entropy(x2, target, reduction="mean").backward()
+    assert torch.allclose(x1.grad, x2.grad * target.numel(), atol=1e-5)
+
+
+def test_weight_map_scales_pixels():
+    logits, target, _, _ = _batch(3)
+    w = torch.ones_like(target, dtype=torch.float32)
+    w[0, 0, 0] = 10.0
+    base = weighted_cross_entropy(logits, target, torch.ones_like(w), reduction="sum")
+    weighted = weighted_cross_entropy(logits, target, w, reduction="sum")
+    pix = torch.nn.functional.cross_entropy(logits, target, reduction="none")[0, 0, 0]
+    assert torch.allclose(weighted - base, 9 * pix / 2, atol=1e-5)
+
+
+def test_bce_two_channels_equals_softmax_ce():
+    logits, target, weight, mask = _batch(4)
+    a = binary_cross_entropy(logits, target, weight, mask)
+    b = weighted_cross_entropy(logits, target, weight, mask)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dice_perfect_and_worst():
+    target = torch.tensor([[[0, 1, 1], [0, 0, 1]]])
+    good = torch.stack([(target == 0), (target == 1)], 1).float() * 50 - 25
+    assert soft_dice_loss(good, target, smooth=0).item() < 1e-6
+    assert soft_dice_loss(-good, target, smooth=0).item() > 0.999
+    one = good[:, 1:] - good[:, :1]
+    assert soft_dice_loss(one, target, smooth=0).item() < 1e-6
+
+
+def test_dice_ignores_masked_pixels():
+    target = torch.tensor([[[0, 1, 1, 0]]])
+    logits = torch.stack([(target == 0), (target == 1)], 1).float() * 50 - 25
+    logits[0, :, 0, 0] = torch.tensor([-25.0, 25.0])  # wrong at pixel 0
+    mask = torch.tensor([[[False, True, True, True]]])
+    assert soft_dice_loss(logits, target, mask, smooth=0).item() < 1e-6
+    assert soft_dice_loss(logits, target, smooth=0).item() > 0.1
+
+
+def test_build_loss_and_errors():
+    logits, target, weight, mask = _batch(5)
+    batch = {"target": target, "weight": weight, "mask": mask}
+    ce = build_loss(LossConfig(name="ce"))(logits, batch)
+    ce_nw = build_loss(LossConfig(name="ce", use_weight_map=False))(logits, batch)
+    assert not torch.allclose(ce, ce_nw)
+    dce = build_loss(LossConfig(name="dice_ce", dice_weight=2.0))(logits, batch)
+    dice = build_loss(LossConfig(name="dice"))(logits, batch)
+    assert torch.allclose(dce, ce + 2 * dice, atol=1e-5)
+    with pytest.raises(ConfigError, match="loss.reduction"):
+        build_loss(LossConfig(reduction="avg"))  # type: ignore[arg-type]
+
+
+def test_ce_with_uniform_logits_is_log_c():
+    target = torch.zeros(1, 3, 3, dtype=torch.long)
+    assert math.isclose(float(weighted_cross_entropy(torch.zeros(1, 3, 3, 3), target)), math.log(3), rel_tol=1e-6)
+
+
+def test_loss_is_fp32_under_bf16_autocast():
+    logits, target, weight, mask = _batch(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = weighted_cross_entropy(logits.bfloat16(), target, weight, mask)
+    assert out.dtype == torch.float32
