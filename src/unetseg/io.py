@@ -16,7 +16,8 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".zarr")
+TIFF_COMPRESSIONS = (None, "none", "zlib", "lzw", "zstd", "lzma", "packbits", "deflate")
 DEFAULT_MAX_PIXELS = 2**31  # decompression-bomb guard for decoded images (about 2 gigapixels)
 
 
@@ -37,7 +38,13 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not p.name.startswith(".")
+        and (p.is_file() or (p.is_dir() and p.suffix.lower() == ".zarr"))
+    ]
     return sorted(files, key=natural_key)
 
 
@@ -66,12 +73,35 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     array([[0, 1, 2],
            [3, 4, 5]], dtype=uint16)
     """
+    return read_image_axes(path, max_pixels=max_pixels)[0]
+
+
+def read_image_axes(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Read an image and say what its axes are, from the file's own metadata.
+
+    The axes string uses ``Z`` (pages / planes / time points), ``C`` (channels or RGB samples),
+    ``Y`` and ``X``. TIFF axes come from tifffile's series (``S`` samples become ``C``; ``Q``,
+    ``I``, ``T`` pages become ``Z``), PNG/JPEG give ``YX`` or ``YXC``, zarr uses the OME axes
+    metadata when present, and ``.npy`` (which stores no axes) is ``YX`` for 2D and ``ZYX`` for
+    3D arrays; a 4D ``.npy`` is ``ZYXC``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "rgb.png"
+    >>> write_image(p, np.zeros((4, 5, 3), np.uint8))
+    >>> arr, axes = read_image_axes(p)
+    >>> arr.shape, axes
+    ((4, 5, 3), 'YXC')
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".zarr":
+        return _read_zarr(path, max_pixels)
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path, max_pixels)
@@ -80,7 +110,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         if suffix == ".npy":
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
             _check_size(path, arr.shape, max_pixels)
-            return np.asarray(arr)
+            return np.asarray(arr), _default_axes(path, arr.ndim)
     except InputError:
         raise
     except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError, EOFError, MemoryError) as exc:
@@ -100,9 +130,40 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise InputError(f"{path}: TIFF holds no image")
         series = tif.series[0]
         _check_size(path, series.shape, max_pixels)
-        return series.asarray()
+        arr = series.asarray()
+        axes = _tiff_axes(str(series.axes))
+    if len(axes) != arr.ndim:
+        axes = _default_axes(path, arr.ndim)
+    return arr, axes
+
+
+def _tiff_axes(axes: str) -> str:
+    out = []
+    for ax in axes.upper():
+        if ax in "YX":
+            out.append(ax)
+        elif ax in "SC":
+            out.append("C")
+        else:
+            out.append("Z")
+    # Several page-like axes (e.g. T and Z) cannot both be Z; keep them distinct but recognisable.
+    if out.count("Z") > 1 or out.count("C") > 1:
+        return ""
+    return "".join(out)
+
+
+def _default_axes(path: Path, ndim: int) -> str:
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        return "ZYX"
+    if ndim == 4:
+        return "ZYXC"
+    raise InputError(f"{path}: cannot tell the axes of a {ndim}-D array; expected 2 to 4 dimensions")
 
 
 def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
@@ -117,30 +178,224 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
         arr = np.asarray(im)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
-    return arr
+    return arr, ("YX" if arr.ndim == 2 else "YXC")
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, *, compression: str | None = "zlib") -> None:
-    """Write ``array`` atomically as TIFF (any dtype, compressed), PNG (uint8/uint16) or ``.npy``.
+def write_image(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    compression: str | None = "zlib",
+    axes: str | None = None,
+    chunks: tuple[int, ...] | None = None,
+) -> None:
+    """Write ``array`` atomically as TIFF, PNG, ``.npy`` or zarr (chosen by the suffix).
 
-    A TIFF larger than 2 GiB is written as BigTIFF.
+    Parameters
+    ----------
+    path : path-like
+        ``.tif``/``.tiff`` (any dtype; multi-page for 3D/4D; BigTIFF above 2 GiB), ``.png``
+        (2D or RGB(A) ``uint8``/``uint16``), ``.npy`` or ``.zarr`` (a zarr v3 array folder).
+    array : ndarray
+        The pixels.
+    compression : str or None
+        TIFF compression: ``"zlib"`` (default), ``"lzw"``, ``"zstd"``, ``"lzma"``, ``"packbits"``
+        or ``None``. Ignored by the other formats.
+    axes : str or None
+        Axes of ``array`` in the letters of :func:`read_image_axes` (``"ZYX"``, ``"YXC"``,
+        ``"CYX"``, ...). Stored in TIFF and zarr metadata so the reader knows which axis holds
+        channels. Default: ``YX``, ``ZYX`` or ``ZYXC`` by dimension.
+    chunks : tuple of int or None
+        zarr chunk shape (default: whole 2D planes, at most 1024 px per axis).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "stack.tif"
+    >>> write_image(p, np.zeros((3, 4, 5), np.uint16), compression="lzw")
+    >>> read_stack(p).shape
+    (3, 4, 5)
     """
     path = Path(path)
     suffix = path.suffix.lower()
     array = np.asarray(array)
+    if axes is not None and (len(axes) != array.ndim or set(axes) - set("ZCYX") or len(set(axes)) != len(axes)):
+        raise InputError(f"{path}: axes {axes!r} do not describe an array of shape {array.shape}")
+    if suffix == ".zarr":
+        write_zarr(path, array, chunks=chunks, axes=axes)
+        return
+    if suffix in (".tif", ".tiff"):
+        if compression not in TIFF_COMPRESSIONS:
+            raise InputError(f"{path}: TIFF compression {compression!r}: expected one of {', '.join(map(str, TIFF_COMPRESSIONS))}")
+        if compression == "none":
+            compression = None
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            tifffile.imwrite(tmp, array, compression=compression, bigtiff=array.nbytes > 2**31 - 2**25)
+            _write_tiff(tmp, array, compression, axes or _default_axes(path, array.ndim))
         elif suffix == ".png":
             from PIL import Image
 
-            if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
-                raise InputError(f"{path}: PNG holds 2D/RGB uint8 or uint16 images, got {array.dtype} {array.shape}")
+            if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+                raise InputError(f"{path}: PNG holds 2D or RGB(A) uint8/uint16 images, got {array.dtype} {array.shape}")
+            if array.ndim == 3 and array.dtype != np.uint8:
+                raise InputError(f"{path}: RGB(A) PNG must be uint8, got {array.dtype}")
             Image.fromarray(array).save(tmp, format="PNG")
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, array, allow_pickle=False)
         else:
-            raise InputError(f"{path}: cannot write {suffix!r}; use .tif, .png or .npy")
+            raise InputError(f"{path}: cannot write {suffix!r}; use .tif, .png, .npy or .zarr")
+
+
+def _write_tiff(tmp: Path, array: np.ndarray, compression: str | None, axes: str) -> None:
+    import tifffile
+
+    rgb = axes.endswith("C") and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+    tif_axes = axes[:-1] + "S" if rgb else axes
+    kwargs = {"photometric": "rgb" if rgb else "minisblack", "metadata": {"axes": tif_axes}}
+    if axes.endswith("C") and not rgb:
+        kwargs["planarconfig"] = "contig"
+    tifffile.imwrite(tmp, array, compression=compression, bigtiff=array.nbytes > 2**31 - 2**25, **kwargs)
+
+
+def write_zarr(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    chunks: tuple[int, ...] | None = None,
+    axes: str | None = None,
+) -> None:
+    """Write ``array`` atomically as a zarr v3 array folder (``path`` should end in ``.zarr``).
+
+    The axes are stored in the array attributes (``"axes"``), so :func:`read_zarr` gives them back.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.zarr"
+    >>> write_zarr(p, np.arange(12, dtype=np.float32).reshape(3, 4))
+    >>> read_zarr(p)[1, 2]
+    np.float32(6.0)
+    """
+    import zarr
+
+    path = Path(path)
+    array = np.asarray(array)
+    axes = axes or _default_axes(path, array.ndim)
+    if chunks is None:
+        chunks = tuple(1 if ax in "ZC" and array.ndim > 2 else min(n, 1024) for ax, n in zip(axes, array.shape))
+        chunks = tuple(max(1, c) for c in chunks)
+    with atomic_path(path, directory=True) as tmp:
+        z = zarr.create_array(store=str(tmp), shape=array.shape, chunks=chunks, dtype=array.dtype, overwrite=True)
+        z[...] = array
+        z.attrs["axes"] = axes
+
+
+def read_zarr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a zarr array, or the full-resolution level of an OME-Zarr image group.
+
+    Raises
+    ------
+    InputError
+        Not a zarr store, no array inside, or too large.
+    """
+    return _read_zarr(Path(path), max_pixels)[0]
+
+
+def open_zarr(path: str | os.PathLike):
+    """Open a zarr array (or an OME-Zarr group's level 0) lazily; returns ``(zarr.Array, axes)``."""
+    import zarr
+
+    path = Path(path)
+    try:
+        node = zarr.open(str(path), mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: cannot open as zarr ({type(exc).__name__}: {exc})") from exc
+    if isinstance(node, zarr.Array):
+        axes = node.attrs.get("axes")
+        return node, axes if isinstance(axes, str) and len(axes) == node.ndim else _default_axes(path, node.ndim)
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if ms:
+        first = ms[0]
+        sub = first["datasets"][0]["path"]
+        try:
+            arr = node[sub]
+        except KeyError as exc:
+            raise InputError(f"{path}: OME-Zarr level {sub!r} listed in multiscales is missing") from exc
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])]
+        axes = "".join({"t": "Z", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "?") for n in names)
+        if len(axes) != arr.ndim or "?" in axes or axes.count("Z") > 1:
+            axes = _default_axes(path, arr.ndim)
+        return arr, axes
+    arrays = [k for k, v in node.members() if isinstance(v, zarr.Array)]
+    if len(arrays) != 1:
+        raise InputError(f"{path}: zarr group holds {len(arrays)} arrays and no OME multiscales metadata; cannot tell which to read")
+    return open_zarr(path / arrays[0])
+
+
+def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
+    arr, axes = open_zarr(path)
+    _check_size(path, arr.shape, max_pixels)
+    try:
+        data = np.asarray(arr[...])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InputError(f"{path}: cannot read zarr data ({type(exc).__name__}: {exc})") from exc
+    # Squeeze singleton T/C axes of OME-Zarr (t, c, z, y, x) but keep Y/X.
+    while data.ndim > 2 and data.shape[0] == 1 and axes[0] in "ZC":
+        data, axes = data[0], axes[1:]
+    return data, axes
+
+
+def read_stack(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a stack of 2D slices as ``(N, Y, X)`` or ``(N, Y, X, C)``.
+
+    ``path`` is a single image (``N = 1``), a multi-page TIFF / 3D array (``N`` pages) or a
+    folder of 2D slices (natural order; all must have the same shape and dtype).
+
+    Raises
+    ------
+    InputError
+        Empty folder, slices of different shapes (naming the offending file), unreadable files.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     write_image(d / f"s{i}.png", np.full((2, 4), i, np.uint8))
+    >>> read_stack(d).shape
+    (3, 2, 4)
+    """
+    path = Path(path)
+    if path.is_dir() and path.suffix.lower() != ".zarr":
+        files = list_images(path)
+        if not files:
+            raise InputError(f"{path}: folder holds no images (expected {', '.join(IMAGE_SUFFIXES)})")
+        slices = []
+        for f in files:
+            arr = stack_axes(*read_image_axes(f, max_pixels=max_pixels), path=f)
+            if arr.shape[0] != 1:
+                raise InputError(f"{f}: expected a 2D slice in a folder of slices, got {arr.shape[0]} pages")
+            if slices and (arr.shape != slices[0].shape or arr.dtype != slices[0].dtype):
+                raise InputError(f"{f}: shape {arr.shape[1:]} {arr.dtype} differs from {files[0].name} {slices[0].shape[1:]} {slices[0].dtype}")
+            slices.append(arr)
+        return np.concatenate(slices, axis=0)
+    return stack_axes(*read_image_axes(path, max_pixels=max_pixels), path=path)
+
+
+def stack_axes(array: np.ndarray, axes: str, *, path: str | os.PathLike = "<array>") -> np.ndarray:
+    """Reorder an array with known ``axes`` to ``(N, Y, X)`` or ``(N, Y, X, C)``.
+
+    Examples
+    --------
+    >>> stack_axes(np.zeros((3, 4, 5)), "CYX").shape
+    (1, 4, 5, 3)
+    """
+    if set(axes) - set("ZCYX") or "Y" not in axes or "X" not in axes or len(axes) != array.ndim:
+        raise InputError(f"{path}: cannot interpret axes {axes!r} of an array with shape {array.shape}")
+    order = [axes.index(a) for a in "ZYXC" if a in axes]
+    arr = np.transpose(array, order)
+    if "Z" not in axes:
+        arr = arr[None]
+    return arr
