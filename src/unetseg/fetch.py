@@ -486,6 +486,7 @@ def _fetch_archive(ds: RemoteDataset, f: RemoteFile, root: Path, dest: Path, bas
         _download(_url(base, f.source), archive, f.sha256, progress=progress, timeout=timeout)
     try:
         with atomic_path(dest, directory=True) as tmp:
+            tmp.chmod(0o777 & ~_umask())
             safe_extract(archive, tmp, strip_prefix=ds.strip_prefix, max_bytes=limit)
             (tmp / MARKER).write_text(json.dumps({"name": ds.name, "source": _url(base, f.source), "sha256": f.sha256}) + "\n")
     except UnsafeArchiveError:
@@ -494,6 +495,12 @@ def _fetch_archive(ds: RemoteDataset, f: RemoteFile, root: Path, dest: Path, bas
     archive.unlink(missing_ok=True)
     logger.info("%s: unpacked to %s", ds.name, dest)
     return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _download(url: str, target: Path, expected: str, *, progress: bool, timeout: float) -> None:

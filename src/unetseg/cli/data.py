@@ -1,0 +1,152 @@
+"""``unetseg data``: get real data sets (``fetch``, ``list``) or make synthetic ones (``synth``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import atomic_path
+from ..errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="download public data sets or generate synthetic training data")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    f = actions.add_parser("fetch", help="download a registered data set into the cache (checksums pinned)")
+    f.add_argument("name", help="data set name (see: unetseg data list)")
+    f.add_argument("--cache", metavar="DIR", help="cache folder (default: $UNETSEG_CACHE or ~/.cache/unetseg)")
+    f.add_argument("--base-url", metavar="URL", help="download from this mirror instead of the registered source")
+    f.add_argument(
+        "--sha256", metavar="HEX",
+        help="expected checksum of a single-archive data set; needed when none is pinned, replaces a pinned one",
+    )
+    f.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default: 60)")
+    f.set_defaults(func=run_fetch)
+
+    ls = actions.add_parser("list", help="the data sets 'fetch' knows, with source and licence")
+    ls.set_defaults(func=run_list)
+
+    from ..synthetic import KINDS
+
+    s = actions.add_parser(
+        "synth", help="write synthetic images and exact labels (images/ + labels/)",
+        description="Kinds: " + "; ".join(f"{k}: {v}" for k, v in KINDS.items()),
+    )
+    s.add_argument("kind", choices=list(KINDS), help="what to generate")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder (gets images/, labels/, synth.json)")
+    s.add_argument("--count", type=int, default=10, help="number of images (sections for em-volume; default: 10)")
+    s.add_argument("--size", default="512", metavar="S", help="image side S or HxW in px (default: 512)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default: 0)")
+    s.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+    s.set_defaults(func=run_synth)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from ..fetch import REGISTRY, fetch
+
+    path = fetch(args.name, args.cache, base_url=args.base_url, sha256=args.sha256, progress=True, timeout=args.timeout)
+    ds = REGISTRY[args.name]
+    print(f"{args.name}: {path}")
+    print(f"licence: {ds.licence}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..fetch import REGISTRY, cache_root
+
+    print(f"cache: {cache_root()}")
+    for name, ds in sorted(REGISTRY.items()):
+        pinned = all(f.sha256 for f in ds.files)
+        print(f"\n{name}  ({len(ds.files)} file{'s' if len(ds.files) != 1 else ''}, "
+              f"{'checksums pinned' if pinned else 'NO pinned checksum: needs --sha256'})")
+        print(f"  {ds.description}")
+        print(f"  source:  {ds.base_url}")
+        print(f"  licence: {ds.licence}")
+        if ds.notes:
+            print(f"  note:    {ds.notes}")
+    return 0
+
+
+def _chmod_like_mkdir(path: Path) -> None:
+    """Give a temporary folder (mode 0700) the permissions a plain mkdir would have."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"256x384"`` -> (256, 384).
+
+    Examples
+    --------
+    >>> parse_size("256x384")
+    (256, 384)
+    """
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError as exc:
+        raise ConfigError(f"--size {text!r}: expected S or HxW in pixels") from exc
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 16 or max(values) > 16384:
+        raise ConfigError(f"--size {text!r}: expected S or HxW with sides between 16 and 16384 px")
+    return values[0], values[1]
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..io import write_image
+    from ..synthetic import KINDS, em_volume, generate
+
+    shape = parse_size(args.size)
+    if args.count < 1:
+        raise ConfigError(f"--count {args.count}: expected at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise InputError(f"{out}: folder is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    em = args.kind in ("em", "em-volume")
+    suffix = ".png" if em else ".tif"
+    width = max(3, len(str(args.count - 1)))
+    with atomic_path(out, directory=True) as tmp:
+        _chmod_like_mkdir(tmp)
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        if args.kind == "em-volume":
+            logger.info("generating a %d-section volume", args.count)
+            images, labels = em_volume((args.count, *shape), np.random.default_rng(args.seed))
+            pairs = ((images[i], labels[i]) for i in range(args.count))
+        else:
+            # One generator per image, seeded by (seed, index): image i does not depend on --count.
+            pairs = (generate(args.kind, shape, np.random.default_rng([args.seed, i])) for i in range(args.count))
+        for i, (image, label) in enumerate(tqdm(pairs, total=args.count, desc=args.kind, unit="img")):
+            name = f"{i:0{width}d}{suffix}"
+            write_image(tmp / "images" / name, image)
+            write_image(tmp / "labels" / name, label)
+        manifest = {
+            "generator": f"unetseg {__version__} unetseg.synthetic",
+            "kind": args.kind,
+            "description": KINDS[args.kind],
+            "count": args.count,
+            "shape": list(shape),
+            "seed": args.seed,
+            "labels": "255 = cell interior, 0 = membrane" if em else "instance ids, 0 = background",
+            "per_image_rng": "numpy.random.default_rng([seed, index])" if args.kind != "em-volume" else "numpy.random.default_rng(seed)",
+        }
+        (tmp / "synth.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {args.count} {args.kind} image/label pairs to {out}/images and {out}/labels")
+    return 0
