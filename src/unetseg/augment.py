@@ -65,21 +65,21 @@ class AugmentConfig:
     elastic_grid: int = 3
     elastic_sigma: float = 10.0
     rotation_p: float = 1.0
-    rotation_range: tuple[float, float] = (-180.0, 180.0)
+    rotation_range: tuple[float, ...] = (-180.0, 180.0)
     rotation_axes: str = "inplane"  # 3D: "inplane" (last two axes) or "full" (random 3D rotation)
     scale_p: float = 0.5
-    scale_range: tuple[float, float] = (0.85, 1.15)
+    scale_range: tuple[float, ...] = (0.85, 1.15)
     shift_p: float = 1.0
-    shift_range: tuple[float, float] = (-16.0, 16.0)
+    shift_range: tuple[float, ...] = (-16.0, 16.0)
     flip_p: float = 0.5
     brightness_p: float = 0.5
-    brightness_range: tuple[float, float] = (-0.1, 0.1)
+    brightness_range: tuple[float, ...] = (-0.1, 0.1)
     contrast_p: float = 0.5
-    contrast_range: tuple[float, float] = (0.75, 1.3)
+    contrast_range: tuple[float, ...] = (0.75, 1.3)
     gamma_p: float = 0.3
-    gamma_range: tuple[float, float] = (0.7, 1.5)
+    gamma_range: tuple[float, ...] = (0.7, 1.5)
     noise_p: float = 0.3
-    noise_std: tuple[float, float] = (0.0, 0.05)
+    noise_std: tuple[float, ...] = (0.0, 0.05)
 
     def __post_init__(self) -> None:
         for f in fields(self):
