@@ -725,14 +725,15 @@ class TileDataset:
             pool = self._candidates(self._fg, i, "fg")
         elif u < self.foreground_bias + self.border_bias:
             pool = self._candidates(self._border, i, "border")
+        # Centres sit on the tile's pixel lattice: for an even tile size the centre is between
+        # two pixels, so it is a half-integer and every sampled position stays on the grid.
+        half = np.array([((o - 1) / 2.0) % 1.0 for o in self.output_shape])
         if pool is not None and pool.size:
-            return np.array(np.unravel_index(int(pool[rng.integers(pool.size)]), shape), dtype=np.float64)
+            return np.array(np.unravel_index(int(pool[rng.integers(pool.size)]), shape), dtype=np.float64) + half
         c = []
         for n, o in zip(shape, self.output_shape):
-            if n >= o:
-                c.append(rng.integers(0, n - o + 1) + (o - 1) / 2.0)
-            else:
-                c.append((n - 1) / 2.0)
+            lo = int(rng.integers(0, n - o + 1)) if n >= o else (n - o) // 2
+            c.append(lo + (o - 1) / 2.0)
         return np.array(c, dtype=np.float64)
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
