@@ -95,3 +95,43 @@ def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     key = ia.astype(np.int64) * max(len(ub), 1) + ib
     keys, counts = np.unique(key, return_counts=True)
     return ua[keys // max(len(ub), 1)], ub[keys % max(len(ub), 1)], counts.astype(np.int64), ua
+
+
+_DENSE_LIMIT = 1 << 22
+
+
+def overlap_counts(g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Counts behind the Rand and information scores of GT labels ``g`` (all > 0) and ``p``.
+
+    Returns ``(nij, t, s, z)``: the nonzero joint counts with ``p > 0``, the GT segment sizes,
+    the predicted segment sizes (``p > 0``) and the number of ``p == 0`` pixels. Uses a dense
+    ``bincount`` when the label ranges allow it (the usual case), ``np.unique`` otherwise.
+
+    Examples
+    --------
+    >>> nij, t, s, z = overlap_counts(np.array([1, 1, 2, 2]), np.array([1, 1, 1, 0]))
+    >>> nij.tolist(), t.tolist(), s.tolist(), z
+    ([2, 1], [2, 2], [3], 1)
+    """
+    g = np.asarray(g).ravel()
+    p = np.asarray(p).ravel()
+    if g.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, 0
+    gmax, pmax = int(g.max()), int(p.max())
+    if (gmax + 1) * (pmax + 1) <= _DENSE_LIMIT:
+        table = np.bincount(g.astype(np.int64) * (pmax + 1) + p, minlength=(gmax + 1) * (pmax + 1))
+        table = table.reshape(gmax + 1, pmax + 1)
+        t = table.sum(axis=1)
+        z = int(table[:, 0].sum())
+        inner = table[:, 1:]
+        s = inner.sum(axis=0)
+        return inner[inner > 0], t[t > 0], s[s > 0], z
+    z = int(np.count_nonzero(p == 0))
+    _, t = np.unique(g, return_counts=True)
+    keep = p != 0
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64), t, np.zeros(0, dtype=np.int64), z
+    _, _, nij, _ = contingency(g[keep], p[keep])
+    _, s = np.unique(p[keep], return_counts=True)
+    return nij, t, s, z

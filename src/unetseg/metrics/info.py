@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_labels, check_same_shape, contingency
+from ._common import check_labels, check_same_shape, overlap_counts
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,12 @@ def v_info(gt_labels: np.ndarray, pred_labels: np.ndarray) -> InfoScores:
     if n == 0:
         nan = float("nan")
         return InfoScores(nan, nan, nan, nan, nan, nan)
-    z = float(np.count_nonzero(p == 0))
-    _, t = np.unique(g, return_counts=True)
-    h_t = -_plogp(t, n)
-    keep = p != 0
+    nij, t, s, zi = overlap_counts(g, p)
+    z = float(zi)
     singles = (z / n) * np.log(n)
-    if keep.any():
-        _, _, nij, _ = contingency(g[keep], p[keep])
-        _, s = np.unique(p[keep], return_counts=True)
-        h_s = -_plogp(s, n) + singles
-        h_st = -_plogp(nij, n) + singles
-    else:
-        h_s = h_st = singles
+    h_t = -_plogp(t, n)
+    h_s = -_plogp(s, n) + singles
+    h_st = -_plogp(nij, n) + singles
     mi = h_s + h_t - h_st
     split = mi / h_t if h_t != 0 else 0.0
     merge = mi / h_s if h_s != 0 else 0.0

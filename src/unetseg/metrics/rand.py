@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_labels, check_same_shape, contingency, label4
+from ._common import check_labels, check_same_shape, contingency, label4, overlap_counts
 from ..errors import InputError
 
 
@@ -76,17 +76,10 @@ def rand_pairs(gt_labels: np.ndarray, pred_labels: np.ndarray) -> RandPairs:
     n = int(g.size)
     if n == 0:
         return RandPairs(0.0, 0.0, 0.0, 0)
-    z = int(np.count_nonzero(p == 0))
-    _, t = np.unique(g, return_counts=True)
+    nij, t, s, z = overlap_counts(g, p)
     sum_t2 = float(np.sum(t.astype(np.float64) ** 2))
-    keep = p != 0
-    if keep.any():
-        _, _, nij, _ = contingency(g[keep], p[keep])
-        _, s = np.unique(p[keep], return_counts=True)
-        sum_p2 = float(np.sum(nij.astype(np.float64) ** 2)) + z
-        sum_s2 = float(np.sum(s.astype(np.float64) ** 2)) + z
-    else:
-        sum_p2 = sum_s2 = float(z)
+    sum_p2 = float(np.sum(nij.astype(np.float64) ** 2)) + z
+    sum_s2 = float(np.sum(s.astype(np.float64) ** 2)) + z
     return RandPairs(sum_p2, sum_s2, sum_t2, n)
 
 
@@ -129,14 +122,24 @@ def rand_index(a_labels: np.ndarray, b_labels: np.ndarray) -> float:
     n = float(a.size)
     if n < 2:
         raise InputError("the Rand index needs at least 2 pixels")
-    _, _, nij, _ = contingency(a, b)
-    _, ai = np.unique(a, return_counts=True)
-    _, bj = np.unique(b, return_counts=True)
+    nij, ai, bj = _full_counts(a, b)
     t1 = n * (n - 1) / 2
     t2 = float(np.sum(nij.astype(np.float64) ** 2))
     t3 = 0.5 * (float(np.sum(ai.astype(np.float64) ** 2)) + float(np.sum(bj.astype(np.float64) ** 2)))
     # agreements = t1 + (t2 - t3), with t2 - t3 computed before adding to keep precision
     return float((t1 + (t2 - t3)) / t1)
+
+
+def _full_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Joint and marginal counts of two label arrays, every label (0 included) a cluster."""
+    amax, bmax = int(a.max()), int(b.max())
+    if (amax + 1) * (bmax + 1) <= 1 << 22:
+        table = np.bincount(a.astype(np.int64) * (bmax + 1) + b, minlength=(amax + 1) * (bmax + 1)).reshape(amax + 1, bmax + 1)
+        return table[table > 0], table.sum(axis=1), table.sum(axis=0)
+    _, _, nij, _ = contingency(a, b)
+    _, ai = np.unique(a, return_counts=True)
+    _, bj = np.unique(b, return_counts=True)
+    return nij, ai, bj
 
 
 def rand_error(a_labels: np.ndarray, b_labels: np.ndarray) -> float:

@@ -156,9 +156,9 @@ def _sequential_pass(sf: np.ndarray, flat: np.ndarray, offsets: np.ndarray, rank
         targets = nb_rank[ready][later[ready]]
         if targets.size == 0:
             break
-        uniq, cnt = np.unique(targets, return_counts=True)
-        indeg[uniq] -= cnt
-        ready = uniq[indeg[uniq] == 0]
+        dec = np.bincount(targets, minlength=n)
+        indeg -= dec
+        ready = np.flatnonzero((dec > 0) & (indeg == 0))
     rank_img[flat] = -1
 
 
@@ -268,18 +268,29 @@ def classify_mismatches(warped: np.ndarray, mismatches: np.ndarray) -> np.ndarra
 
 
 def _removal_splits(lab: np.ndarray, boxes: list, y: int, x: int, ring_labels: np.ndarray) -> bool:
-    """Whether removing pixel (y, x) leaves its foreground neighbours in >= 2 components."""
+    """Whether removing pixel (y, x) leaves its foreground neighbours in >= 2 components.
+
+    Looks in a small window first: neighbours connected there are connected in the whole
+    object. Only otherwise is the whole object (its bounding box) relabelled.
+    """
     k = int(ring_labels[ring_labels > 0][0])
-    sl = boxes[k - 1]
-    sub = lab[sl] == k
-    y0, x0 = sl[0].start, sl[1].start
-    if sl[0].start <= y < sl[0].stop and sl[1].start <= x < sl[1].stop:
-        sub[y - y0, x - x0] = False
-    relab, _ = ndimage.label(sub, structure=FOUR)
     sel = ring_labels > 0
-    ny = y + RING_DY[sel] - y0
-    nx = x + RING_DX[sel] - x0
-    return len(np.unique(relab[ny, nx])) >= 2
+    for sl in (_window(lab.shape, y, x, _LOCAL_RADIUS), boxes[k - 1]):
+        sub = lab[sl] == k
+        y0, x0 = sl[0].start, sl[1].start
+        if sl[0].start <= y < sl[0].stop and sl[1].start <= x < sl[1].stop:
+            sub[y - y0, x - x0] = False
+        relab, _ = ndimage.label(sub, structure=FOUR)
+        if len(np.unique(relab[y + RING_DY[sel] - y0, x + RING_DX[sel] - x0])) < 2:
+            return False
+    return True
+
+
+_LOCAL_RADIUS = 8
+
+
+def _window(shape: tuple[int, int], y: int, x: int, r: int) -> tuple[slice, slice]:
+    return (slice(max(y - r, 0), min(y + r + 1, shape[0])), slice(max(x - r, 0), min(x + r + 1, shape[1])))
 
 
 def warping_error(gt: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> WarpingResult:
