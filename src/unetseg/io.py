@@ -324,8 +324,8 @@ def open_zarr(path: str | os.PathLike):
         except KeyError as exc:
             raise InputError(f"{path}: OME-Zarr level {sub!r} listed in multiscales is missing") from exc
         names = [a["name"] if isinstance(a, dict) else str(a) for a in first.get("axes", [])]
-        axes = "".join({"t": "Z", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "?") for n in names)
-        if len(axes) != arr.ndim or "?" in axes or axes.count("Z") > 1:
+        axes = "".join({"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(n.lower(), "?") for n in names)
+        if len(axes) != arr.ndim or "?" in axes or len(set(axes)) != len(axes):
             axes = _default_axes(path, arr.ndim)
         return arr, axes
     arrays = [k for k, v in node.members() if isinstance(v, zarr.Array)]
@@ -341,9 +341,15 @@ def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
         data = np.asarray(arr[...])
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InputError(f"{path}: cannot read zarr data ({type(exc).__name__}: {exc})") from exc
-    # Squeeze singleton T/C axes of OME-Zarr (t, c, z, y, x) but keep Y/X.
-    while data.ndim > 2 and data.shape[0] == 1 and axes[0] in "ZC":
-        data, axes = data[0], axes[1:]
+    # OME-Zarr is (t, c, z, y, x): drop a singleton time axis; a time series without z is a stack.
+    if "T" in axes:
+        t = axes.index("T")
+        if data.shape[t] == 1:
+            data, axes = np.take(data, 0, axis=t), axes.replace("T", "")
+        elif "Z" not in axes:
+            axes = axes.replace("T", "Z")
+        else:
+            raise InputError(f"{path}: both time ({data.shape[t]}) and z axes present; read one time point at a time")
     return data, axes
 
 
