@@ -1,0 +1,147 @@
+"""The training configuration: one frozen dataclass per YAML section.
+
+A config file looks like::
+
+    model: {arch: UNet, args: {base_channels: 16, depth: 4}}
+    data: {...}          # unetseg.data.DataConfig (paths, targets, weight maps)
+    augment: {...}       # unetseg.augment.AugmentConfig
+    optim: {name: sgd, lr: 0.5, momentum: 0.99}
+    schedule: {steps: 4000, name: poly, warmup_steps: 200}
+    loss: {name: ce, reduction: mean}
+    validation: {every: 500, metric: v_rand}
+    checkpoint: {every: 500, keep_last: 3}
+    runtime: {device: auto, precision: auto, seed: 0}
+    batch_size: 1
+    tile: [388, 388]     # output tile of one sample; the input adds the model's halo
+
+Every key is checked: unknown keys and wrong types raise ConfigError naming ``section.key``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import from_dict, load_config
+from ..errors import ConfigError
+from ..losses import LossConfig
+from .checkpoint import CheckpointConfig
+from .optim import OptimConfig, ScheduleConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network: an architecture of :data:`unetseg.models.ARCHITECTURES` and its arguments.
+
+    ``args`` are the constructor keyword arguments (``in_channels`` and ``num_classes`` default to
+    what the data provide).
+    """
+
+    arch: str = "UNet"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation by full-image overlap-tile prediction on held-out images.
+
+    Attributes
+    ----------
+    every : int
+        Validate every this many steps (0: only at the end; validation needs validation images).
+    metric : str
+        What decides the best model: ``v_rand``, ``pixel_error``, ``dice`` or ``loss``.
+    mode : {"auto", "max", "min"}
+        Whether larger is better (``auto``: min for errors and loss, max otherwise).
+    tta : bool
+        8-fold test-time augmentation during validation (slower).
+    tile : list of int, optional
+        Output tile for validation prediction (default: the predictor's choice).
+    patience : int, optional
+        Early stopping: stop after this many validations without improvement.
+    overlays : int
+        How many validation images get an overlay PNG.
+    """
+
+    every: int = 500
+    metric: str = "v_rand"
+    mode: Literal["auto", "max", "min"] = "auto"
+    tta: bool = False
+    tile: list[int] | None = None
+    patience: int | None = None
+    overlays: int = 2
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how fast.
+
+    Attributes
+    ----------
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the CLI's ``--device`` wins).
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        ``auto``: bf16 autocast on CPUs with native bf16 and on recent GPUs, fp32 on other CPUs.
+    channels_last : bool
+        Use the channels-last memory format for 2D networks.
+    threads : int, optional
+        PyTorch intra-op threads per process (default: the CPUs available / processes).
+    num_workers : int
+        Data-loading worker processes (0: load in the training process).
+    seed : int
+        Seeds everything random: initial weights, sampling, augmentation, dropout.
+    log_every : int
+        Write a metrics line every this many steps.
+    progress_every_s : float
+        Without a terminal, a plain progress line every this many seconds.
+    debug_nan_at_step : int, optional
+        Testing hook: replace the loss by NaN at this step.
+    """
+
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    threads: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 10
+    progress_every_s: float = 30.0
+    debug_nan_at_step: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A complete training recipe (see the module docstring for the YAML layout)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    batch_size: int = 1
+    tile: list[int] = field(default_factory=lambda: [388, 388])
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if not self.tile or any(t < 1 for t in self.tile):
+            raise ConfigError(f"tile: expected positive output tile sizes, got {self.tile}")
+        if self.checkpoint.every < 1:
+            raise ConfigError(f"checkpoint.every: must be >= 1, got {self.checkpoint.every}")
+        if self.validation.every < 0:
+            raise ConfigError(f"validation.every: must be >= 0, got {self.validation.every}")
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a training recipe from YAML with ``key=value`` overrides (strictly checked)."""
+    return load_config(TrainConfig, path, overrides)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from plain data (strictly checked)."""
+    return from_dict(TrainConfig, data)

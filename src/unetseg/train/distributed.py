@@ -1,0 +1,112 @@
+"""DistributedDataParallel set-up for ``torchrun``: gloo on CPU, NCCL on GPU, rank 0 writes.
+
+``torchrun --nproc_per_node=N -m unetseg train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK`` in each process; :func:`init` reads them. Without them training runs in a single
+process and every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) writes files and prints."""
+        return self.rank == 0
+
+
+def from_env() -> DistInfo:
+    """Rank, world size and local rank as torchrun sets them (single process otherwise).
+
+    Examples
+    --------
+    >>> from_env().world_size >= 1
+    True
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device: torch.device) -> DistInfo:
+    """Join the process group when launched by torchrun; pick the backend for ``device``."""
+    info = from_env()
+    if not info.enabled or dist.is_initialized():
+        return info
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return info
+
+
+def device_for(device: torch.device, info: DistInfo) -> torch.device:
+    """One GPU per process under torchrun (``cuda:LOCAL_RANK``); CPU stays CPU."""
+    if device.type == "cuda" and info.enabled:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def wrap(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """Wrap in DistributedDataParallel when running distributed (identity otherwise)."""
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+
+
+def any_flag(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any rank (NaN stop, signal, early stop)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def mean_value(value: float, device: torch.device, info: DistInfo) -> float:
+    """Mean of a float over ranks (for logging the loss)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item() / info.world_size)
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's Python object on every rank (small metadata only)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

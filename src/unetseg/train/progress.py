@@ -1,0 +1,73 @@
+"""Training progress: a tqdm bar on a terminal, plain periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("unetseg.train")
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Report ``update(step, loss, lr)`` calls.
+
+    ``enabled=False`` (library default) logs nothing but the periodic lines at DEBUG level; the
+    CLI passes ``enabled=True``: a tqdm bar when stderr is a terminal, otherwise an INFO line
+    every ``every_s`` seconds with loss, steps/s and ETA.
+    """
+
+    def __init__(self, total: int, start: int = 0, *, enabled: bool = False, every_s: float = 30.0, stream=None):
+        self.total = total
+        self.start = start
+        self.every_s = every_s
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.last_print = self.t0
+        self.stream = stream or sys.stderr
+        self.bar = None
+        if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step", dynamic_ncols=True)
+
+    def rate(self, step: int) -> float:
+        """Steps per second since this object was created."""
+        dt = time.perf_counter() - self.t0
+        return (step - self.start) / dt if dt > 0 else 0.0
+
+    def update(self, step: int, loss: float, lr: float) -> None:
+        """``step`` steps are done; the latest loss was ``loss``."""
+        rate = self.rate(step)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= self.every_s or step == self.total:
+            self.last_print = now
+            eta_s = _fmt_eta(eta) if eta != float("inf") else "?"
+            level = logging.INFO if self.enabled else logging.DEBUG
+            log.log(level, "step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, self.total, loss, lr, rate, eta_s)
+
+    def message(self, text: str) -> None:
+        """A line that does not break the bar."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        elif self.enabled:
+            log.info("%s", text)
+        else:
+            log.debug("%s", text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,198 @@
+"""The training loop on a tiny synthetic set: learning, exact resume, NaN guard, run folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unetseg.config import from_dict
+from unetseg.errors import TrainingError
+from unetseg.models import UNet, load_with_config
+from unetseg.train import TrainConfig, fit, latest_checkpoint, seed_model_init
+from unetseg.train.plots import read_metrics
+
+
+class TinyTiles(torch.utils.data.Dataset):
+    """Bright discs on a dark background; item i is a deterministic function of (seed, i)."""
+
+    def __init__(self, in_size: int, out_size: int, seed: int = 0, n: int = 10**9):
+        self.in_size, self.out_size, self.seed, self.n = in_size, out_size, seed, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        s = self.in_size
+        yy, xx = np.mgrid[:s, :s]
+        mask = np.zeros((s, s), bool)
+        for _ in range(8):
+            cy, cx, r = rng.uniform(0, s, 2).tolist() + [rng.uniform(4, 9)]
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        image = mask * 1.0 + rng.normal(0, 0.2, (s, s))
+        c = (s - self.out_size) // 2
+        target = mask[c : c + self.out_size, c : c + self.out_size].astype(np.int64)
+        weight = 1.0 + target.astype(np.float32)
+        return {
+            "image": torch.from_numpy(image[None].astype(np.float32)),
+            "target": torch.from_numpy(target),
+            "weight": torch.from_numpy(weight),
+            "mask": torch.ones(target.shape, dtype=torch.bool),
+        }
+
+
+@dataclass
+class Item:
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+
+
+def tiny_cfg(**over) -> TrainConfig:
+    data = {
+        "model": {"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4, "dropout": 0.2}},
+        "optim": {"name": "adam", "lr": 3e-3},
+        "schedule": {"steps": 8, "name": "cosine", "warmup_steps": 2},
+        "loss": {"name": "ce", "reduction": "mean"},
+        "validation": {"every": 0},
+        "checkpoint": {"every": 4, "keep_last": 2},
+        "runtime": {"device": "cpu", "precision": "fp32", "seed": 3, "log_every": 1, "channels_last": False},
+        "batch_size": 2,
+        "tile": [20, 20],
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[section] = value
+    return from_dict(TrainConfig, data)
+
+
+def make_model(cfg: TrainConfig) -> UNet:
+    with seed_model_init(cfg.runtime.seed):
+        return UNet(**cfg.model.args)
+
+
+def dataset_for(model: UNet, cfg: TrainConfig) -> TinyTiles:
+    in_size = model.input_shape_for(tuple(cfg.tile))[0]
+    return TinyTiles(in_size, cfg.tile[0], seed=cfg.runtime.seed)
+
+
+def _run(tmp: Path, cfg: TrainConfig, **kw):
+    model = make_model(cfg)
+    return model, fit(cfg, model, dataset_for(model, cfg), tmp, **kw)
+
+
+def _fixed_loss(model, ds, cfg) -> float:
+    from unetseg.losses import build_loss
+
+    items = [ds[10**6 + i] for i in range(4)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    model.eval()
+    with torch.no_grad():
+        return float(build_loss(cfg.loss)(model(batch["image"]), batch))
+
+
+def test_few_steps_lower_the_loss(tmp_path):
+    cfg = tiny_cfg(schedule={"steps": 20, "name": "constant"}, optim={"name": "adam", "lr": 1e-2})
+    model = make_model(cfg)
+    ds = dataset_for(model, cfg)
+    before = _fixed_loss(model, ds, cfg)
+    model.train()
+    res = fit(cfg, model, ds, tmp_path / "run")
+    after = _fixed_loss(model, ds, cfg)
+    assert res.status == "completed" and res.step == 20
+    assert after < 0.7 * before, (before, after)
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "loss.png", "model-last.safetensors"):
+        assert (run / name).is_file(), name
+    recs = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in recs if r["kind"] == "train"] == list(range(1, 21))
+    model, meta = load_with_config(run)
+    assert meta["extra"]["training"]["step"] == 20
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000020"
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = tiny_cfg(optim={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    _, full = _run(tmp_path / "full", cfg)
+    _, part = _run(tmp_path / "part", cfg, stop_after=3)
+    assert part.status == "stopped" and part.step == 3
+    assert latest_checkpoint(tmp_path / "part" / "checkpoints").name == "step_00000003"
+    _, resumed = _run(tmp_path / "part", cfg, resume=True)
+    assert resumed.step == 8
+    a = load_file(str(tmp_path / "full" / "model-last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model-last.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    la = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if r["kind"] == "train"]
+    lb = [r["loss"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if r["kind"] == "train"]
+    assert np.allclose(la, lb, atol=1e-6)
+
+
+def test_resume_with_adam_and_workers_is_exact(tmp_path):
+    cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 5, "num_workers": 1, "channels_last": False})
+    _, _ = _run(tmp_path / "full", cfg)
+    _run(tmp_path / "part", cfg, stop_after=5)
+    _run(tmp_path / "part", cfg, resume=True)
+    a = load_file(str(tmp_path / "full" / "model-last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model-last.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
+    cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 0, "debug_nan_at_step": 5, "channels_last": False})
+    with pytest.raises(TrainingError, match=r"loss became nan at step 6.*step_00000004"):
+        _run(tmp_path / "run", cfg)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert ckpt is not None and ckpt.name == "step_00000004"
+
+
+def test_nan_from_monkeypatched_loss(tmp_path, monkeypatch):
+    import unetseg.train.loop as loop
+
+    real = loop.build_loss
+
+    def poisoned(cfg):
+        fn = real(cfg)
+        return lambda logits, batch: fn(logits, batch) + float("inf")
+
+    monkeypatch.setattr(loop, "build_loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became inf at step 1"):
+        _run(tmp_path / "run", tiny_cfg())
+
+
+def test_validation_keeps_best_and_writes_overlays(tmp_path):
+    cfg = tiny_cfg(validation={"every": 4, "metric": "pixel_error", "overlays": 1}, schedule={"steps": 8})
+    ds = TinyTiles(60, 60, seed=99)
+    val = []
+    for i in range(2):
+        s = ds[i]
+        val.append(Item(f"v{i}", s["image"].numpy(), s["target"].numpy()))
+    _, res = _run(tmp_path / "run", cfg, val_set=val, model_extra={"foreground_class": 1, "classes": ["bg", "fg"]})
+    recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"]
+    assert [r["step"] for r in recs] == [4, 8]
+    assert set(recs[0]["metrics"]) >= {"pixel_error", "dice", "v_rand"}
+    assert res.best_step in (4, 8)
+    _, meta = load_with_config(tmp_path / "run")
+    assert meta["extra"]["training"]["step"] == res.best_step
+    assert meta["extra"]["classes"] == ["bg", "fg"]
+    assert (tmp_path / "run" / "val" / "v0.png").is_file()
+
+
+def test_early_stopping(tmp_path):
+    cfg = tiny_cfg(validation={"every": 1, "metric": "loss_never_computed_so_use_dice", "mode": "max", "patience": 1})
+    ds = TinyTiles(60, 60, seed=1)
+    s = ds[0]
+    val = [Item("v", s["image"].numpy(), s["target"].numpy())]
+    with pytest.raises(Exception, match="not computed"):
+        _run(tmp_path / "bad", cfg, val_set=val)
+    cfg = tiny_cfg(validation={"every": 1, "metric": "dice", "patience": 2}, optim={"name": "sgd", "lr": 1e-9, "momentum": 0.0})
+    _, res = _run(tmp_path / "run", cfg, val_set=val)
+    assert res.status == "early_stopped" and res.step == 3
