@@ -430,7 +430,11 @@ def _resolve_kind(cfg: TargetConfig, layout: str, values: set[int]) -> TargetCon
 def _check_label_values(lab: np.ndarray, cfg: TargetConfig, where: str) -> None:
     vals = np.unique(lab)
     if cfg.kind == "binary" and cfg.foreground_value is not None:
-        allowed = {0, cfg.foreground_value}
+        if cfg.foreground_value == 0:  # foreground 0: any single other value is background
+            nonzero = [int(v) for v in vals if v != 0 and v != cfg.ignore_value]
+            allowed = {0, *nonzero[:1]}
+        else:
+            allowed = {0, cfg.foreground_value}
     elif cfg.kind == "multiclass":
         allowed = set(cfg.class_values or ())
     else:
@@ -745,8 +749,13 @@ class TileDataset:
             t = sample_transform(rng, self.input_shape, self.augment)
         else:
             t = Transform.identity(self.input_shape)
-        if self.augment is None and _fits(center, self.input_shape, im.spatial_shape):
-            return _crop(im, center, self.input_shape, self.output_shape)
+        if t.is_geometric_identity:
+            out = _crop(im, center, self.input_shape, self.output_shape)
+            if self.augment is not None:
+                from .augment import apply_gray
+
+                out["image"] = apply_gray(out["image"], t)
+            return out
         out = apply_transform(t, im.image, im.target, im.weight, im.ignore, center=center, out_shape=self.output_shape)
         return {"image": out["image"], "target": out["labels"], "weight": out["weight"], "mask": ~out["mask"]}
 
@@ -767,23 +776,20 @@ class TileDataset:
         }
 
 
-def _fits(center: np.ndarray, shape: Sequence[int], src: Sequence[int]) -> bool:
-    for c, n, s in zip(center, shape, src):
-        lo = c - (n - 1) / 2.0
-        if lo != int(lo) or lo < 0 or lo + n > s:
-            return False
-    return True
-
-
 def _crop(im: LabeledImage, center: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> dict[str, Any]:
-    lo = [int(c - (n - 1) / 2.0) for c, n in zip(center, in_shape)]
-    sin = tuple(slice(a, a + n) for a, n in zip(lo, in_shape))
-    sout = tuple(slice(a + (n - m) // 2, a + (n - m) // 2 + m) for a, n, m in zip(lo, in_shape, out_shape))
+    """Exact integer crop (mirrored beyond the border) for an untransformed tile."""
+    from .augment import _mirror_index
+
+    shape = im.spatial_shape
+    lo = [int(round(c - (n - 1) / 2.0)) for c, n in zip(center, in_shape)]
+    idx_in = [_mirror_index(np.arange(a, a + n, dtype=np.float64), s) for a, n, s in zip(lo, in_shape, shape)]
+    idx_out = [ix[(n - m) // 2 : (n - m) // 2 + m] for ix, n, m in zip(idx_in, in_shape, out_shape)]
+    gin, gout = np.ix_(*idx_in), np.ix_(*idx_out)
     return {
-        "image": im.image[(slice(None), *sin)],
-        "target": im.target[sout],
-        "weight": im.weight[sout],
-        "mask": ~im.ignore[sout],
+        "image": im.image[(slice(None), *gin)],
+        "target": im.target[gout],
+        "weight": im.weight[gout],
+        "mask": ~im.ignore[gout],
     }
 
 
