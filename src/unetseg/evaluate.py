@@ -561,3 +561,68 @@ def headline(metrics: dict) -> list[tuple[str, float, float | None]]:
         if isinstance(val, dict) and "value" in val and "threshold" in val:
             rows.append((key, val["value"], val["threshold"]))
     return rows
+
+
+# --------------------------------------------------------------------------- output
+
+
+def jsonable(obj):
+    """A copy of ``obj`` with NaN/Inf replaced by ``None`` and NumPy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    return obj
+
+
+def write_metrics(out_dir, metrics: dict) -> tuple[Path, Path]:
+    """Write ``metrics.json`` and ``metrics.csv`` (metric, value, threshold) atomically.
+
+    Examples
+    --------
+    >>> import tempfile, json
+    >>> d = tempfile.mkdtemp()
+    >>> j, c = write_metrics(d, {"seg": {"value": 0.5, "threshold": None}})
+    >>> json.loads(j.read_text())["seg"]["value"], c.read_text().splitlines()[1]
+    (0.5, 'seg,0.5,')
+    """
+    import csv
+    import io
+    import json
+
+    from .atomic import atomic_path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = jsonable(metrics)
+    json_path = out / "metrics.json"
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["metric", "value", "threshold"])
+    for name, value, threshold in headline(clean):
+        writer.writerow([name, "" if value is None else repr(float(value)), "" if threshold is None else repr(float(threshold))])
+    csv_path = out / "metrics.csv"
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    return json_path, csv_path
+
+
+def format_table(metrics: dict) -> str:
+    """The headline metrics as an aligned text table."""
+    rows = headline(metrics)
+    width = max([len(r[0]) for r in rows] + [6])
+    lines = [f"{'metric':<{width}}  {'value':>12}  threshold"]
+    for name, value, threshold in rows:
+        v = "nan" if value is None or not np.isfinite(value) else f"{value:.6g}"
+        t = "" if threshold is None or not np.isfinite(threshold) else f"{threshold:.6g}"
+        lines.append(f"{name:<{width}}  {v:>12}  {t}")
+    return "\n".join(lines)
