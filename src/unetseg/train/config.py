@@ -3,8 +3,11 @@
 A config file looks like::
 
     model: {arch: UNet, args: {base_channels: 16, depth: 4}}
-    data: {...}          # unetseg.data.DataConfig (paths, targets, weight maps)
+    train_data: {path: ../shared/data/isbi2012, select: ["0?", "1?"]}
+    val_data: {path: ../shared/data/isbi2012, select: ["2?"]}
+    data: {...}          # unetseg.data.DataConfig (targets, weight maps, normalisation)
     augment: {...}       # unetseg.augment.AugmentConfig
+    sampling: {foreground_bias: 0.0, border_bias: 0.0, augment: true}
     optim: {name: sgd, lr: 0.5, momentum: 0.99}
     schedule: {steps: 4000, name: poly, warmup_steps: 200}
     loss: {name: ce, reduction: mean}
@@ -23,7 +26,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..augment import AugmentConfig
 from ..config import from_dict, load_config
+from ..data import DataConfig
 from ..errors import ConfigError
 from ..losses import LossConfig
 from .checkpoint import CheckpointConfig
@@ -40,6 +45,43 @@ class ModelConfig:
 
     arch: str = "UNet"
     args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Where a split's images are: a dataset path (any layout of :func:`unetseg.data.discover`)
+    and optional name globs selecting samples (``["0?", "1?"]`` = ISBI sections 00-19).
+
+    Relative paths are looked up from the working directory, then from the config file's folder
+    and its parent (recipes in ``configs/`` use paths relative to the repository root).
+    """
+
+    path: str = ""
+    select: list[str] | None = None
+    labels: str | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How training tiles are drawn (see :class:`unetseg.data.TileDataset`).
+
+    Attributes
+    ----------
+    augment : bool
+        Apply the ``augment`` section (False: plain crops).
+    foreground_bias, border_bias : float
+        Probability of centring a tile on a foreground pixel / a high-weight border pixel.
+    border_threshold : float
+        Weight above which a pixel counts as border for ``border_bias``.
+    prefetch : int
+        Batches prepared ahead by a background thread (``runtime.num_workers == 0``).
+    """
+
+    augment: bool = True
+    foreground_bias: float = 0.0
+    border_bias: float = 0.0
+    border_threshold: float = 3.0
+    prefetch: int = 2
 
 
 @dataclass(frozen=True)
@@ -115,8 +157,11 @@ class TrainConfig:
     """A complete training recipe (see the module docstring for the YAML layout)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: dict[str, Any] = field(default_factory=dict)
-    augment: dict[str, Any] = field(default_factory=dict)
+    train_data: SplitConfig = field(default_factory=SplitConfig)
+    val_data: SplitConfig | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)

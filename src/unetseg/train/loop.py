@@ -74,6 +74,53 @@ class StepBatchSampler(Sampler[list[int]]):
         return max(0, self.stop - self.start)
 
 
+def prefetch(iterable, depth: int = 2) -> Iterator[Any]:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    NumPy, SciPy and PyTorch release the GIL in their kernels, so tile augmentation overlaps
+    with the training step. Exceptions are re-raised in the consumer.
+
+    Examples
+    --------
+    >>> list(prefetch(range(5)))
+    [0, 1, 2, 3, 4]
+    """
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except Exception as exc:  # handed to the consumer and raised there
+            q.put(exc)
+
+    th = threading.Thread(target=produce, name="unetseg-train-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join(timeout=5)
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed for the torch RNG of one step on one rank.
 
@@ -364,7 +411,8 @@ def fit(
     ddp_model.train()
     try:
         with _StopSignal() as stopper:
-            for batch in loader:
+            batches = loader if rt.num_workers > 0 else prefetch(loader, cfg.sampling.prefetch)
+            for batch in batches:
                 lr = lr_at(cfg.optim, cfg.schedule, step)
                 set_lr(optimizer, lr)
                 batch = _to_device(batch, dev, mem)

@@ -102,7 +102,7 @@ def predict_probs(model: nn.Module, image: np.ndarray, *, tta: bool = False, til
     except ImportError:
         predict_image = None
     if predict_image is not None:
-        kwargs: dict[str, Any] = {"tile_shape": tile, "tta": tta, "device": device}
+        kwargs: dict[str, Any] = {"tile_shape": tile, "tta": tta, "device": device, "precision": precision}
         return np.asarray(predict_image(model, image, **kwargs), dtype=np.float32)
     if not tta or np.asarray(image).ndim != 3:
         return predict_tiles(model, image, tile=tile, device=device, precision=precision)

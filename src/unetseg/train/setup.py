@@ -1,0 +1,150 @@
+"""From a :class:`TrainConfig` to a running :func:`fit`: data, model, model-file metadata."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..data import LabeledImage, TileDataset, load_dataset, resolved_target
+from ..errors import ConfigError, InputError
+from ..models import build
+from . import distributed as dist_util
+from .config import SplitConfig, TrainConfig
+from .loop import TrainResult, fit, seed_model_init
+
+log = logging.getLogger(__name__)
+
+
+def resolve_path(path: str, config_path: str | os.PathLike | None, key: str) -> Path:
+    """A recipe path: as given (absolute or from the working directory), else relative to the
+    config file's folder, else to that folder's parent (the repository root for ``configs/``)."""
+    if not path:
+        raise ConfigError(f"{key}: a dataset path is required")
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or config_path is None:
+        return p
+    base = Path(config_path).resolve().parent
+    for root in (base, base.parent):
+        if (root / p).exists():
+            return (root / p).resolve()
+    return p
+
+
+def select(items: list[LabeledImage], patterns: list[str] | None, key: str) -> list[LabeledImage]:
+    """Samples whose name matches any glob of ``patterns`` (all when None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mk = lambda n: LabeledImage(n, np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1), bool))
+    >>> [i.name for i in select([mk("00"), mk("19"), mk("20")], ["0?", "1?"], "train_data.select")]
+    ['00', '19']
+    """
+    if patterns is None:
+        return items
+    out = [it for it in items if any(fnmatch.fnmatchcase(it.name, p) for p in patterns)]
+    if not out:
+        names = ", ".join(it.name for it in items[:6])
+        raise ConfigError(f"{key}: {patterns} matches no sample (names look like: {names})")
+    return out
+
+
+def load_split(split: SplitConfig, cfg: TrainConfig, config_path, key: str, *, progress: bool = False) -> list[LabeledImage]:
+    path = resolve_path(split.path, config_path, f"{key}.path")
+    if not path.exists():
+        raise InputError(f"{key}.path: {path} does not exist")
+    data_cfg = cfg.data if split.labels is None else _with_labels(cfg, split.labels)
+    return select(load_dataset(path, data_cfg, progress=progress), split.select, f"{key}.select")
+
+
+def _with_labels(cfg: TrainConfig, labels: str):
+    from dataclasses import replace
+
+    return replace(cfg.data, labels=labels)
+
+
+def model_args(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
+    """The model's constructor arguments with channels/classes taken from the data."""
+    args = dict(cfg.model.args)
+    for k, v in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if k in args and int(args[k]) != v:
+            raise ConfigError(f"model.args.{k}: {args[k]} does not match the data ({v})")
+        args[k] = v
+    if cfg.model.arch == "UNet":
+        args.setdefault("spatial_dims", cfg.data.spatial_dims)
+    return args
+
+
+def train_from_config(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    config_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+    time_limit_s: float | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Load the data of ``cfg``, build its model and train it into the run folder ``out``."""
+    info = dist_util.from_env()
+    train_items = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main)
+    val_items: list[LabeledImage] = []
+    if cfg.val_data is not None and cfg.val_data.path:
+        val_items = load_split(cfg.val_data, cfg, config_path, "val_data")
+    target = resolved_target(resolve_path(cfg.train_data.path, config_path, "train_data.path"), cfg.data)
+    in_channels = int(train_items[0].image.shape[0])
+    args = model_args(cfg, in_channels, target.num_classes)
+    with seed_model_init(cfg.runtime.seed):
+        model = build(cfg.model.arch, args)
+    out_shape = tuple(int(t) for t in cfg.tile)
+    if len(out_shape) != cfg.data.spatial_dims:
+        raise ConfigError(f"tile: {list(out_shape)} has {len(out_shape)} sizes for {cfg.data.spatial_dims}D data")
+    try:
+        in_shape = tuple(model.input_shape_for(out_shape))
+        real_out = tuple(model.output_shape(in_shape))
+    except (ValueError, InputError) as exc:
+        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile for this model ({exc})") from exc
+    if real_out != out_shape:
+        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile; the nearest valid one is {list(real_out)}")
+    samp = cfg.sampling
+    train_set = TileDataset(
+        train_items,
+        in_shape,
+        out_shape,
+        augment=cfg.augment if samp.augment else None,
+        samples_per_epoch=10**12,
+        foreground_bias=samp.foreground_bias,
+        border_bias=samp.border_bias,
+        border_threshold=samp.border_threshold,
+        seed=cfg.runtime.seed,
+        rank=0,
+        world_size=1,
+    )
+    extra = {
+        "normalization": dict(cfg.data.normalization),
+        "classes": target.names,
+        "foreground_class": 1,
+        "task": "instances" if target.kind == "instances" else "semantic",
+        "training": {"train": [it.name for it in train_items], "val": [it.name for it in val_items], "tile": list(out_shape)},
+    }
+    log.info(
+        "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
+        cfg.model.arch, len(train_items), len(val_items), in_shape, out_shape, cfg.batch_size, cfg.schedule.steps,
+    )
+    return fit(
+        cfg,
+        model,
+        train_set,
+        out,
+        val_set=val_items,
+        model_extra=extra,
+        resume=resume,
+        device=device,
+        progress=progress,
+        time_limit_s=time_limit_s,
+        stop_after=stop_after,
+    )
