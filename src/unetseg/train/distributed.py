@@ -102,6 +102,21 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
+def max_param_difference(model: nn.Module, device: torch.device, info: DistInfo) -> float:
+    """Largest absolute difference of any parameter between this rank and rank 0 (on all ranks).
+
+    DDP keeps replicas identical; this checks it at the end of training.
+    """
+    if not info.enabled:
+        return 0.0
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()]).to(device)
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = torch.tensor([float((flat - ref).abs().max())], device=device)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -468,7 +468,8 @@ def fit(
                     checkpoint(step)
                 if stop_now:
                     status, signum = "interrupted", stopper.signum
-                    bar.message(f"stopped by signal {signum} after step {step}; checkpoint written, resume with --resume {run_dir}")
+                    bar.close()
+                    log.warning("stopped by signal %s after step %d; checkpoint written, resume with --resume %s", signum, step, run_dir)
                     break
                 if over_time:
                     status = "time_limit"
@@ -481,6 +482,12 @@ def fit(
             if val_set:
                 run_validation(step)
             checkpoint(step)
+        if info.enabled:
+            diff = dist_util.max_param_difference(model, dev, info)
+            if info.is_main:
+                metrics_log.write({"kind": "ddp_check", "step": step, "world_size": info.world_size, "max_param_diff": diff})
+            if diff > 0:
+                raise TrainingError(f"parameters differ across the {info.world_size} processes (max difference {diff:g})")
     finally:
         bar.close()
         if info.is_main and metrics_log.records:

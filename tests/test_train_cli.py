@@ -1,0 +1,205 @@
+"""The ``unetseg train`` command: a run folder from a YAML recipe, resume, errors, SIGTERM, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from unetseg.cli import main
+from unetseg.io import write_image
+from unetseg.models import load_with_config
+from unetseg.train import latest_checkpoint
+from unetseg.train.plots import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
+    """Tiny ISBI-like folders: bright cells (255) separated by dark membranes (0)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        pts = rng.uniform(0, size, (6, 2))
+        d = np.sort(((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2) ** 0.5, axis=-1)
+        membrane = (d[..., 1] - d[..., 0]) < 2.0
+        label = np.where(membrane, 0, 255).astype(np.uint8)
+        image = np.clip(np.where(membrane, 60, 180) + rng.normal(0, 20, label.shape), 0, 255).astype(np.uint8)
+        write_image(root / "images" / f"{i:02d}.png", image)
+        write_image(root / "labels" / f"{i:02d}.png", label)
+    return root
+
+
+RECIPE = """
+model: {{arch: UNet, args: {{depth: 2, base_channels: 4, dropout: 0.0}}}}
+train_data: {{path: {data}, select: ["00", "01"]}}
+val_data: {data_val}
+data:
+  target: {{kind: binary, foreground_value: 255, class_names: [membrane, cell]}}
+augment: {{elastic_p: 1.0, rotation_p: 1.0, flip_p: 0.5}}
+optim: {{name: adam, lr: 0.003}}
+schedule: {{steps: {steps}, name: cosine, warmup_steps: 2}}
+loss: {{name: ce, reduction: weight}}
+validation: {{every: {val_every}, metric: v_rand}}
+checkpoint: {{every: {ckpt_every}, keep_last: 2}}
+runtime: {{device: cpu, precision: fp32, seed: 1, log_every: 1, threads: 1}}
+batch_size: 1
+tile: [28, 28]
+"""
+
+
+def write_recipe(tmp: Path, data: Path, *, steps=6, val=True, val_every=3, ckpt_every=3) -> Path:
+    data_val = f'{{path: {data}, select: ["02"]}}' if val else "null"
+    cfg = tmp / "recipe.yaml"
+    cfg.write_text(RECIPE.format(data=data, data_val=data_val, steps=steps, val_every=val_every, ckpt_every=ckpt_every))
+    return cfg
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+def test_train_writes_run_folder_and_predict_needs_nothing_else(tmp_path, dataset, capsys):
+    cfg = write_recipe(tmp_path, dataset)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--set", "optim.lr=0.004", "--no-progress"]) == 0
+    for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "loss.png", "val/02.png"):
+        assert (out / name).is_file(), name
+    model, meta = load_with_config(out)
+    extra = meta["extra"]
+    assert extra["classes"] == ["membrane", "cell"] and extra["foreground_class"] == 1
+    assert extra["task"] == "semantic" and extra["normalization"]["method"] == "percentile"
+    assert "optim:\n" in (out / "config.yaml").read_text() and "lr: 0.004" in (out / "config.yaml").read_text()
+    kinds = [r["kind"] for r in read_metrics(out / "metrics.jsonl")]
+    assert kinds.count("val") == 2 and kinds.count("train") == 6
+    # a second run into the same folder is refused
+    assert main(["train", "--config", str(cfg), "--out", str(out)]) == 1
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def test_config_errors_name_the_key(tmp_path, dataset, capsys):
+    cfg = write_recipe(tmp_path, dataset)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", "optim.lrr=1"]) == 1
+    assert "optim.lrr: unknown key" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", "schedule.steps=many"]) == 1
+    assert "schedule.steps: expected an integer" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", "tile=[29, 29]"]) == 1
+    assert "tile:" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", "train_data.select=[zz]"]) == 1
+    assert "train_data.select" in capsys.readouterr().err
+
+
+def test_cli_resume_continues_exactly(tmp_path, dataset):
+    cfg = write_recipe(tmp_path, dataset, steps=6, val=False, ckpt_every=3)
+    main(["train", "--config", str(cfg), "--out", str(tmp_path / "full"), "--no-progress"])
+    # interrupted after 3 steps: simulate by a run with steps=6 stopped at its 3-step checkpoint
+    from unetseg.train.config import load_train_config
+    from unetseg.train.setup import train_from_config
+
+    res = train_from_config(load_train_config(cfg), tmp_path / "part", config_path=cfg, stop_after=3)
+    assert res.status == "stopped"
+    assert main(["train", "--resume", str(tmp_path / "part"), "--no-progress"]) == 0
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_sigterm_writes_checkpoint_and_exits_143(tmp_path, dataset):
+    cfg = write_recipe(tmp_path, dataset, steps=100000, val=False, ckpt_every=100000)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [PY, "-m", "unetseg", "train", "--config", str(cfg), "--out", str(out), "--no-progress"],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        recs = read_metrics(out / "metrics.jsonl")
+        if len(recs) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt is not None, err
+    step = int(ckpt.name.split("_")[1])
+    assert step >= 3 and "resume with --resume" in err
+
+
+def test_kill_during_checkpoint_writes_never_leaves_a_bad_checkpoint(tmp_path):
+    """SIGKILL a process that writes checkpoints in a loop at random moments; the newest
+    complete checkpoint must always load."""
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from unetseg.models import UNet\n"
+        "from unetseg.train.checkpoint import save_checkpoint\n"
+        "m = UNet(1, 2, depth=3, base_channels=16)\n"
+        "opt = torch.optim.Adam(m.parameters())\n"
+        "m(torch.zeros(1, 1, 92, 92)).sum().backward(); opt.step()\n"
+        "print('ready', flush=True)\n"
+        "step = 0\n"
+        "while True:\n"
+        "    step += 1\n"
+        "    save_checkpoint(sys.argv[1], step, m, opt, state={'s': step}, keep_last=2)\n"
+    )
+    from unetseg.models import UNet
+    from unetseg.train.checkpoint import list_checkpoints, load_checkpoint
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "ckpt"
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([PY, str(script), str(folder)], env=_env(), stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.6)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            continue
+        m = UNet(1, 2, depth=3, base_channels=16)
+        opt = torch.optim.Adam(m.parameters())
+        meta = load_checkpoint(latest, m, opt)
+        assert meta["state"]["s"] == meta["step"]
+        for _, path in list_checkpoints(folder):  # every complete-looking one is complete
+            load_checkpoint(path, UNet(1, 2, depth=3, base_channels=16))
+    assert kills == 4
+    assert latest_checkpoint(folder) is not None
+
+
+def test_torchrun_two_processes_keep_parameters_identical(tmp_path, dataset):
+    cfg = write_recipe(tmp_path, dataset, steps=4, val=True, val_every=2, ckpt_every=2)
+    out = tmp_path / "ddp"
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unetseg", "train",
+           "--config", str(cfg), "--out", str(out), "--no-progress"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = read_metrics(out / "metrics.jsonl")
+    check = [r for r in recs if r["kind"] == "ddp_check"]
+    assert check and check[0]["world_size"] == 2 and check[0]["max_param_diff"] == 0.0
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]  # only rank 0 wrote
+    assert (out / "model.safetensors").is_file()
+    json.loads((out / "model.json").read_text())
