@@ -94,9 +94,22 @@ def _smallest_valid_output(size: int, depth: int) -> int:
 
 
 def _largest_valid_output(size: int, depth: int) -> int | None:
-    h = sizes.halo(depth, sizes.VALID)
-    s = sizes.previous_valid_size(size + 2 * h, depth, sizes.VALID)
-    return None if s is None else s - 2 * h
+    smallest = _smallest_valid_output(1, depth)
+    if size < smallest:
+        return None
+    step = 2**depth
+    return smallest + (size - smallest) // step * step
+
+
+def smallest_valid_output(size: int, depth: int) -> int:
+    """Smallest output size of a valid model that covers ``size`` pixels.
+
+    Examples
+    --------
+    >>> smallest_valid_output(1, 4), smallest_valid_output(17, 4), smallest_valid_output(388, 4)
+    (4, 20, 388)
+    """
+    return _smallest_valid_output(size, depth)
 
 
 def valid_output_tile(tile: int, depth: int) -> int:

@@ -1,0 +1,501 @@
+"""Overlap-tile inference (paper Fig. 2): any image size, in memory, out of core, or on Dask.
+
+Layers, from pure to practical:
+
+- :func:`predict_image` ``(model, image) -> probabilities``: a pure function of the array. It
+  applies **no intensity normalisation**; pass an image already normalised the way the model was
+  trained (:func:`unetseg.normalize.normalize` with ``meta["extra"]["normalization"]``).
+- :func:`predict_into` streams from any *source* (NumPy array, memmap, :mod:`unetseg.store`
+  source) into any *target* supporting ``target[index] = band`` (NumPy array, store writer,
+  zarr), one band of tiles at a time, so memory depends on the tile size and image width, not
+  on the image size.
+- :func:`predict_file` reads the model's normalisation from its file and segments one image file
+  to an output file (probabilities, mask or labels), out of core where the formats allow.
+- :func:`predict_dask` segments a ``dask.array`` with ``map_overlap``.
+
+Tiling is planned by :mod:`unetseg.tiling`: valid-padding models get non-overlapping output tiles
+on the ``2**depth`` grid fed with input windows enlarged by the halo and mirrored beyond the image
+(``numpy.pad`` mode ``"symmetric"``), which reproduces the whole-image output exactly; same-padding
+models get overlapping windows with their margins discarded.
+
+The reference the tiled output equals (for a valid model, up to float rounding)::
+
+    h = model.halo
+    big = tiling.mirror_pad(image, [(0, 0)] + [(h, h + e) for e in extra])  # extra: up to a valid size
+    probs = softmax(model(big))[..., :H, :W]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import sizes, tiling
+from .errors import ConfigError, InputError
+from .runtime import autocast, memory_format, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per batch of tiles on the CPU
+OUTPUT_KINDS = ("prob", "mask", "labels")
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory estimate and automatic tile size
+# ----------------------------------------------------------------------------------------------
+def estimate_tile_memory(model: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1, bytes_per_value: int = 4) -> int:
+    """Rough peak activation memory (bytes) of one forward pass on tiles of ``in_shape``.
+
+    Counts the skip feature maps kept for the expanding path plus the largest transient
+    (concatenation, convolution input and output at full resolution), times 1.5 for library
+    workspace. FusionNet (residual blocks) counts double.
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> estimate_tile_memory(UNet(base_channels=64), (572, 572)) // 2**20
+    705
+    """
+    cfg = getattr(model, "config", {})
+    width = int(cfg.get("base_channels", 64))
+    depth = int(getattr(model, "depth", 4))
+    area = float(math.prod(int(s) for s in in_shape))
+    dims = len(in_shape)
+    kept = sum(width * 2**i * area / 2 ** (dims * i) for i in range(depth))
+    transient = 4 * width * area + int(cfg.get("in_channels", 1)) * area
+    factor = 1.5 * (2.0 if getattr(model, "arch", "") == "FusionNet" else 1.0)
+    return int(factor * (kept + transient) * batch_size * bytes_per_value)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Activation memory to plan tiles for: half the free GPU memory, or on the CPU 1 GiB (at
+    most a quarter of the available RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except (ImportError, OSError):  # pragma: no cover
+        available = 4 * DEFAULT_CPU_BUDGET
+    return int(min(DEFAULT_CPU_BUDGET, available // 4))
+
+
+def auto_tile_shape(model: nn.Module, *, memory_budget: int | None = None, batch_size: int = 1, device: torch.device | None = None, bytes_per_value: int = 4) -> tuple[int, ...]:
+    """Largest cubic/square tile (output size for valid models, window for same models) whose
+    :func:`estimate_tile_memory` fits ``memory_budget``.
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> auto_tile_shape(UNet(base_channels=64), memory_budget=2**30)
+    (500, 500)
+    """
+    device = device or torch.device("cpu")
+    budget = memory_budget if memory_budget is not None else default_memory_budget(device)
+    dims = int(getattr(model, "spatial_dims", 2))
+    depth, padding = int(model.depth), model.padding
+    candidates = sizes.valid_sizes(8192 if dims == 2 else 1024, depth, padding)
+    best = candidates[0]
+    for s in candidates:
+        if estimate_tile_memory(model, (s,) * dims, batch_size=batch_size, bytes_per_value=bytes_per_value) <= budget:
+            best = s
+        else:
+            break
+    h = model.halo
+    return (best - 2 * h,) * dims
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward pass with precision, memory format and test-time augmentation
+# ----------------------------------------------------------------------------------------------
+def dihedral_transforms(spatial_dims: int) -> list[tuple[int, bool]]:
+    """The 8 rotations/flips of the last two axes as ``(quarter_turns, flip)`` pairs.
+
+    Examples
+    --------
+    >>> len(dihedral_transforms(2))
+    8
+    """
+    return [(k, f) for f in (False, True) for k in range(4)]
+
+
+def _apply(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+
+def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if k:
+        x = torch.rot90(x, -k, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (sigmoid for a single output channel), in float32."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+class _Runner:
+    """Runs a model on batches of tiles: device transfer, autocast, channels_last, TTA."""
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str, tta: bool, channels_last: bool):
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.tta = tta
+        dims = int(getattr(model, "spatial_dims", 2))
+        self.fmt = memory_format(device, dims) if channels_last else torch.contiguous_format
+        if model.training:
+            model.eval()
+        param = next(model.parameters(), None)
+        if param is not None and param.device != device:
+            model.to(device)
+        if channels_last:
+            model.to(memory_format=self.fmt)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        transforms = dihedral_transforms(x.ndim - 2) if self.tta else [(0, False)]
+        total = None
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for k, flip in transforms:
+                xt = _apply(x, k, flip).contiguous(memory_format=self.fmt)
+                p = _invert(probabilities(self.model(xt)), k, flip)
+                total = p if total is None else total + p
+        total = total / len(transforms)
+        return total.to("cpu", torch.float32).contiguous().numpy()
+
+
+def _resolve_channels_last(channels_last: bool | str, device: torch.device, dims: int) -> bool:
+    if channels_last == "auto":
+        return device.type == "cuda" or dims == 2
+    return bool(channels_last)
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming core
+# ----------------------------------------------------------------------------------------------
+def _read_mirrored(source: Any, channels: int, ranges: Sequence[tuple[int, int]], offset: Sequence[int] = ()) -> np.ndarray:
+    """Read ``source[:, ranges...]`` (shifted by ``offset``), mirroring positions outside ``source``."""
+    extent = tuple(int(n) for n in source.shape[1:])
+    offset = tuple(offset) or (0,) * len(extent)
+    idx = [tiling.mirror_indices(a + o, b + o, n) for (a, b), n, o in zip(ranges, extent, offset)]
+    lo = [int(i.min()) for i in idx]
+    hi = [int(i.max()) + 1 for i in idx]
+    slab = np.asarray(source[(slice(0, channels), *(slice(a, b) for a, b in zip(lo, hi)))])
+    for axis, (i, a, b) in enumerate(zip(idx, lo, hi)):
+        if len(i) != b - a or (i[0] != a) or not np.all(np.diff(i) == 1):
+            slab = np.take(slab, i - a, axis=axis + 1)
+    return slab
+
+
+def predict_into(
+    model: nn.Module,
+    source: Any,
+    target: Any,
+    *,
+    tile_shape: Sequence[int] | int | None = None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool | str = "auto",
+    margin: int | None = None,
+    memory_budget: int | None = None,
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    progress: bool | Any = False,
+    source_shape: Sequence[int] | None = None,
+    source_offset: Sequence[int] = (),
+) -> tiling.TilePlan:
+    """Segment ``source`` (channels, *spatial) into ``target`` band by band; return the tile plan.
+
+    Parameters
+    ----------
+    source : array-like
+        ``(channels, *spatial)``, sliceable (NumPy, memmap, :mod:`unetseg.store` source, zarr).
+    target : array-like
+        Receives ``target[(slice(None), *band_region)] = probs`` (or ``target[band_region] = ...``
+        when ``transform`` drops the class axis).
+    preprocess : callable, optional
+        Applied to every input window ``(channels, *window)`` read (e.g. normalisation); the
+        default converts to float32.
+    transform : callable, optional
+        Applied to each band of probabilities ``(num_classes, *band)`` before writing (e.g. keep
+        class 1, threshold).
+    source_shape, source_offset : sequence of int, optional
+        Spatial size of the image (default: from ``source``) and where image position 0 lies in
+        ``source`` (Dask blocks carry their context this way).
+
+    Other parameters are those of :func:`predict_image`.
+    """
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
+    dims = int(getattr(model, "spatial_dims", 2))
+    channels = int(getattr(model, "in_channels", source.shape[0]))
+    shape = tuple(int(s) for s in (source_shape if source_shape is not None else source.shape[1:]))
+    if len(shape) != dims:
+        raise InputError(f"image has {len(shape)} spatial axes {shape}, the model expects {dims}")
+    bs = int(batch_size or 1)
+    bytes_per_value = 2 if precision in ("bf16", "fp16") else 4
+    if tile_shape is None:
+        tile_shape = auto_tile_shape(model, memory_budget=memory_budget, batch_size=bs, device=dev, bytes_per_value=bytes_per_value)
+    plan = tiling.plan_tiles(shape, tile_shape, depth=int(model.depth), padding=model.padding, margin=margin)
+    runner = _Runner(model, dev, precision, tta, _resolve_channels_last(channels_last, dev, dims))
+    num_classes = int(getattr(model, "num_classes", 1))
+    pre = preprocess or (lambda w: w.astype(np.float32, copy=False))
+    bar = _progress_bar(progress, len(plan))
+    log.debug("tiling %s into %d tiles of up to %s (efficiency %.3f)", shape, len(plan), plan.axes and tuple(a[0].size for a in plan.axes), plan.efficiency)
+    h = plan.halo
+    for band in plan.bands:
+        a0 = band[0].axes[0]
+        # Input rows of this band along axis 0 (mirrored) and the whole extent of the other axes.
+        rest_ranges = [(min(t.axes[i].start for t in band) - h, max(t.axes[i].stop for t in band) + h) for i in range(1, dims)]
+        band_ranges = [(a0.start - h, a0.stop + h), *rest_ranges]
+        band_in = pre(_read_mirrored(source, channels, band_ranges, source_offset))
+        origin = [r[0] for r in band_ranges]
+        band_out = np.empty((num_classes, a0.keep_stop - a0.keep_start, *shape[1:]), dtype=np.float32)
+        groups: dict[tuple[int, ...], list[tiling.Tile]] = {}
+        for tile in band:
+            groups.setdefault(tile.in_shape, []).append(tile)
+        for in_shape, tiles in groups.items():
+            for i in range(0, len(tiles), bs):
+                chunk = tiles[i : i + bs]
+                batch = np.stack([band_in[(slice(None), *(slice(s - o, s - o + n) for s, o, n in zip(t.in_start, origin, in_shape)))] for t in chunk])
+                probs = runner(batch)
+                for t, p in zip(chunk, probs):
+                    dst = (slice(None), slice(0, a0.keep_stop - a0.keep_start), *t.keep[1:])
+                    band_out[dst] = p[(slice(None), *t.keep_in_tile)]
+                if bar is not None:
+                    bar.update(len(chunk))
+        result = transform(band_out) if transform is not None else band_out
+        region = (slice(a0.keep_start, a0.keep_stop), *(slice(0, n) for n in shape[1:]))
+        if result.ndim == dims:
+            target[region] = result
+        else:
+            target[(slice(None), *region)] = result
+    if bar is not None and progress is True:
+        bar.close()
+    return plan
+
+
+def _progress_bar(progress: bool | Any, total: int):
+    if progress is True:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="tile", leave=False, desc="tiles")
+    if progress:  # an existing bar to advance
+        progress.total = (progress.total or 0) + total
+        progress.refresh()
+        return progress
+    return None
+
+
+def _as_channels_first(image: np.ndarray, model: nn.Module) -> np.ndarray:
+    dims = int(getattr(model, "spatial_dims", 2))
+    channels = int(getattr(model, "in_channels", 1))
+    arr = np.asarray(image)
+    if arr.ndim == dims:
+        arr = arr[None]
+    if arr.ndim != dims + 1 or arr.shape[0] != channels:
+        raise InputError(
+            f"image of shape {np.shape(image)}: expected (*spatial) or (channels, *spatial) with "
+            f"{dims} spatial axes and {channels} channel(s)"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"image of dtype {arr.dtype}: expected numbers")
+    if 0 in arr.shape:
+        raise InputError(f"image of shape {arr.shape} is empty")
+    return arr
+
+
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    tile_shape: Sequence[int] | int | None = None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    channels_last: bool | str = "auto",
+    margin: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool | Any = False,
+) -> np.ndarray:
+    """Class probabilities of ``image`` by overlap-tile inference.
+
+    A pure function of the array: **no normalisation is applied** (see :func:`predict_file`).
+    The model is put in eval mode and moved to ``device``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A unetseg model (``UNet``, ``FusionNet``) or any module with ``halo``, ``depth``,
+        ``padding``, ``spatial_dims``, ``in_channels`` and ``num_classes`` that returns logits.
+    image : ndarray
+        ``(*spatial)`` or ``(channels, *spatial)``, any size (even 1x1).
+    tile_shape : int or sequence of int, optional
+        Largest output tile per axis (valid models) or window (same models); default: the
+        largest that fits the memory budget (:func:`auto_tile_shape`).
+    tta : bool
+        Average the probabilities over the 8 rotations/flips of the last two axes.
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"`` or ``None``/``"auto"``.
+    batch_size : int, optional
+        Tiles of equal shape run together (default 1: large tiles beat large batches).
+    precision : {"fp32", "bf16", "fp16", "auto"}
+        Autocast precision (:func:`unetseg.runtime.autocast`); outputs are float32.
+    channels_last : bool or "auto"
+        Use the channels_last memory format (default for 2D).
+    margin : int, optional
+        Same-padding models: pixels discarded at inner window edges.
+
+    Returns
+    -------
+    ndarray
+        float32 ``(num_classes, *spatial)`` probabilities (sigmoid for a one-channel model).
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> net = UNet(1, 2, base_channels=2)
+    >>> predict_image(net, np.zeros((17, 30), np.float32), tile_shape=20).shape
+    (2, 17, 30)
+    """
+    x = _as_channels_first(image, model)
+    out = np.empty((int(model.num_classes), *x.shape[1:]), dtype=np.float32)
+    predict_into(
+        model, x, out, tile_shape=tile_shape, tta=tta, device=device, batch_size=batch_size, precision=precision,
+        channels_last=channels_last, margin=margin, memory_budget=memory_budget, progress=progress,
+    )
+    return out
+
+
+def whole_image_reference(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """The network on the whole mirrored image at once (what :func:`predict_image` reproduces).
+
+    Valid models: the image mirror-padded by the halo (and at the end up to the next valid
+    size) in one forward pass, cropped to the image. Meant for tests and small images.
+    """
+    x = _as_channels_first(image, model).astype(np.float32)
+    h = model.halo
+    spatial = x.shape[1:]
+    if model.padding == sizes.VALID:
+        target = [tiling.smallest_valid_output(n, int(model.depth)) for n in spatial]
+        pad = [(0, 0)] + [(h, h + t - n) for t, n in zip(target, spatial)]
+    else:
+        d = 2**model.depth
+        pad = [(0, 0)] + [(0, -(-n // d) * d - n) for n in spatial]
+    big = tiling.mirror_pad(x, pad)
+    model.eval()
+    fmt = memory_format(torch.device("cpu"), x.ndim - 1)
+    model.to(memory_format=fmt)
+    with torch.inference_mode():
+        p = probabilities(model(torch.from_numpy(big)[None].contiguous(memory_format=fmt)))[0].contiguous().numpy()
+    return np.ascontiguousarray(p[(slice(None), *(slice(0, n) for n in spatial))])
+
+
+# ----------------------------------------------------------------------------------------------
+# Dask
+# ----------------------------------------------------------------------------------------------
+def predict_dask(
+    model: nn.Module,
+    darr: Any,
+    *,
+    tile_shape: Sequence[int] | int | None = None,
+    tta: bool = False,
+    device: str | torch.device | None = None,
+    batch_size: int | None = None,
+    precision: str = "fp32",
+    chunk_size: int | None = None,
+) -> Any:
+    """Lazy class probabilities of a ``dask.array`` via ``map_overlap``; equal to :func:`predict_image`.
+
+    ``darr`` is ``(*spatial)`` or ``(channels, *spatial)``, already normalised. The image is first
+    extended by mirroring (the same ``numpy.pad(mode="symmetric")`` extension as the in-memory
+    path, so even arrays smaller than the halo work), rechunked into blocks whose output sizes are
+    multiples of the tile stride (so every tile stays on the pooling grid), and each block is
+    segmented with its neighbours' context through ``map_overlap(depth=halo + 2**depth,
+    boundary="none")``: the extra ``2**depth`` pixels over the halo let the last (grid-aligned)
+    tile of a block see exactly the input the whole-image pass sees. Compute the result with any
+    scheduler (threads, or a ``dask.distributed`` client).
+
+    Returns
+    -------
+    dask.array.Array
+        float32 ``(num_classes, *spatial)``, chunked like the planned blocks.
+    """
+    import dask.array as da
+
+    dims = int(getattr(model, "spatial_dims", 2))
+    if darr.ndim == dims:
+        darr = darr[None]
+    if darr.ndim != dims + 1 or darr.shape[0] != int(model.in_channels):
+        raise InputError(f"dask array of shape {darr.shape}: expected {dims} spatial axes and {model.in_channels} channel(s)")
+    shape = tuple(int(s) for s in darr.shape[1:])
+    h = int(model.halo)
+    step = int(model.size_divisor) if model.padding == sizes.VALID else 1
+    context = h + step if model.padding == sizes.VALID else _same_context(model)
+    if tile_shape is None:
+        dev = resolve_device(device)
+        tile_shape = auto_tile_shape(model, device=dev, batch_size=int(batch_size or 1))
+    tiles = (int(tile_shape),) * dims if isinstance(tile_shape, (int, np.integer)) else tuple(int(t) for t in tile_shape)
+    chunks_out = []
+    for n, t in zip(shape, tiles):
+        if model.padding == sizes.VALID:
+            t = tiling.valid_output_tile(t, int(model.depth))
+            stride = t - t % step
+        else:
+            stride = step
+        want = max(chunk_size or 2048, context)
+        c = -(-want // stride) * stride
+        chunks_out.append(tuple([c] * (n // c) + ([n % c] if n % c else [])))
+    # Mirror-extend by ``context`` before and ``context + step`` after (the last tile may run
+    # up to step - 1 pixels past the image), then give the extension to the edge blocks.
+    padded = darr.astype(np.float32)
+    for axis, n in enumerate(shape, start=1):
+        idx = tiling.mirror_indices(-context, n + context + step, n)
+        padded = da.take(padded, idx, axis=axis)
+    in_chunks = [(padded.shape[0],)]
+    for c in chunks_out:
+        blocks = list(c)
+        blocks[0] += context
+        blocks[-1] += context + step
+        in_chunks.append(tuple(blocks))
+    padded = padded.rechunk(tuple(in_chunks))
+    num_classes = int(model.num_classes)
+    out_chunks = ((num_classes,), *chunks_out)
+    last = [len(c) - 1 for c in chunks_out]
+
+    def block_fn(block: np.ndarray, block_info=None) -> np.ndarray:
+        loc = block_info[0]["chunk-location"][1:]
+        out_shape = tuple(chunks_out[i][j] for i, j in enumerate(loc))
+        out = np.empty((num_classes, *out_shape), dtype=np.float32)
+        inner = tuple(block.shape[i + 1] - 2 * context - (step if loc[i] == last[i] else 0) for i in range(dims))
+        if inner != out_shape:  # pragma: no cover - guards the chunk arithmetic
+            raise RuntimeError(f"block {loc}: context mismatch {inner} != {out_shape}")
+        predict_into(
+            model, block, out, tile_shape=tiles, tta=tta, device=device, batch_size=batch_size, precision=precision,
+            source_shape=out_shape, source_offset=(context,) * dims,
+        )
+        return out
+
+    depth = {0: 0, **{i: context for i in range(1, dims + 1)}}
+    return padded.map_overlap(block_fn, depth=depth, boundary="none", trim=False, dtype=np.float32, chunks=out_chunks, meta=np.empty((0,) * (dims + 1), np.float32))
+
+
+def _same_context(model: nn.Module) -> int:
+    return min(sizes.halo(int(model.depth), sizes.VALID), 64)

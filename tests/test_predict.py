@@ -1,0 +1,224 @@
+"""Overlap-tile inference: tiled output equals the whole mirrored image at once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unetseg import sizes, tiling
+from unetseg.models import FusionNet, UNet
+from unetseg.predict import (
+    auto_tile_shape,
+    estimate_tile_memory,
+    predict_dask,
+    predict_image,
+    predict_into,
+    whole_image_reference,
+)
+
+TOL = 1e-5
+
+
+def _net(depth=4, base=4, in_channels=1, num_classes=2, dims=2, seed=0, **kw):
+    torch.manual_seed(seed)
+    return UNet(in_channels, num_classes, depth=depth, base_channels=base, spatial_dims=dims, dropout=0.0, **kw).eval()
+
+
+class CropProbe(nn.Module):
+    """Known predictor with a valid crop: logits channel 0 = centre pixel, channel 1 = pixel -halo."""
+
+    depth, padding, spatial_dims, in_channels, num_classes = 4, "valid", 2, 1, 2
+    halo, size_divisor = 92, 16
+
+    def forward(self, x):
+        h = self.halo
+        ys, xs = x.shape[-2] - 2 * h, x.shape[-1] - 2 * h
+        centre = x[..., h : h + ys, h : h + xs]
+        corner = x[..., :ys, :xs]
+        return torch.cat([centre, corner], dim=1)
+
+
+def _probe_expected(img):
+    """Softmax over (centre, corner) of the symmetric-mirrored image."""
+    h = 92
+    big = np.pad(img.astype(np.float64), h, mode="symmetric")
+    centre = big[h : h + img.shape[0], h : h + img.shape[1]]
+    corner = big[: img.shape[0], : img.shape[1]]
+    e = np.exp(np.stack([centre, corner]) - np.maximum(centre, corner))
+    return (e / e.sum(0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 300), (5, 7), (250, 130)])
+@pytest.mark.parametrize("tile", [20, 52, 388])
+def test_known_predictor_lands_tiles_in_place(shape, tile):
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-3, 3, size=shape).astype(np.float32)
+    out = predict_image(CropProbe(), img, tile_shape=tile, batch_size=3)
+    assert out.shape == (2, *shape)
+    np.testing.assert_allclose(out, _probe_expected(img), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,tiles", [((1, 1), [20, 388]), ((17, 300), [20, 116, 388]), ((60, 45), [36, 1000])])
+def test_tiled_equals_whole_image_small(shape, tiles):
+    net = _net()
+    img = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    ref = whole_image_reference(net, img)
+    assert ref.shape == (2, *shape)
+    for t in tiles:
+        out = predict_image(net, img, tile_shape=t, batch_size=4)
+        assert out.dtype == np.float32 and out.shape == ref.shape
+        assert np.abs(out - ref).max() <= TOL, t
+
+
+def test_tiled_equals_whole_image_513x1027_several_tiles():
+    net = _net(base=2)
+    img = np.random.default_rng(2).normal(size=(513, 1027)).astype(np.float32)
+    ref = whole_image_reference(net, img)
+    for t in (116, 388, (196, 516)):
+        out = predict_image(net, img, tile_shape=t, batch_size=2)
+        assert np.abs(out - ref).max() <= TOL, t
+
+
+def test_tiled_equals_whole_image_multichannel_multiclass_depth3():
+    net = _net(depth=3, in_channels=3, num_classes=4, base=3)
+    img = np.random.default_rng(3).normal(size=(3, 70, 101)).astype(np.float32)
+    ref = whole_image_reference(net, img)
+    for t in (20, 44):
+        assert np.abs(predict_image(net, img, tile_shape=t) - ref).max() <= TOL
+    np.testing.assert_allclose(ref.sum(0), 1.0, atol=1e-5)
+
+
+def test_tiled_equals_whole_image_3d_volume():
+    net = _net(depth=2, base=2, dims=3)  # halo 20, output sizes 4 (mod 4)
+    vol = np.random.default_rng(4).normal(size=(9, 30, 23)).astype(np.float32)
+    ref = whole_image_reference(net, vol)
+    for t in ((8, 12, 12), 16):
+        out = predict_image(net, vol, tile_shape=t)
+        assert out.shape == (2, 9, 30, 23)
+        assert np.abs(out - ref).max() <= TOL
+
+
+def test_smaller_than_tile_is_one_tile():
+    net = _net()
+    img = np.random.default_rng(5).normal(size=(30, 40)).astype(np.float32)
+    out = predict_image(net, img, tile_shape=388)
+    assert np.abs(out - whole_image_reference(net, img)).max() <= TOL
+
+
+class PointwiseCrop(nn.Module):
+    """Exactly dihedral-equivariant: a per-pixel function of the input, then a valid crop."""
+
+    depth, padding, spatial_dims, in_channels, num_classes = 4, "valid", 2, 1, 3
+    halo, size_divisor = 92, 16
+
+    def forward(self, x):
+        h = self.halo
+        c = x[..., h:-h, h:-h]
+        return torch.cat([c, c * c, -c], dim=1)
+
+
+def test_tta_of_equivariant_model_changes_nothing():
+    img = np.random.default_rng(6).normal(size=(37, 61)).astype(np.float32)
+    plain = predict_image(PointwiseCrop(), img, tile_shape=20)
+    tta = predict_image(PointwiseCrop(), img, tile_shape=20, tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-6)
+
+
+def test_tta_averages_eight_transforms_for_a_real_net():
+    net = _net(base=2)
+    img = np.random.default_rng(7).normal(size=(40, 40)).astype(np.float32)
+    a = predict_image(net, img, tile_shape=388)
+    b = predict_image(net, img, tile_shape=388, tta=True)
+    assert b.shape == a.shape and np.abs(a - b).max() > 1e-4  # a random net is not equivariant
+    np.testing.assert_allclose(b.sum(0), 1.0, atol=1e-5)
+
+
+def test_same_padding_models_give_full_size_and_match_inside():
+    torch.manual_seed(0)
+    for net in (UNet(1, 2, base_channels=4, padding="same", norm="batch").eval(), FusionNet(1, 2, base_channels=2).eval()):
+        img = np.random.default_rng(8).normal(size=(150, 90)).astype(np.float32)
+        whole = whole_image_reference(net, img)
+        out = predict_image(net, img, tile_shape=64, margin=16)
+        assert out.shape == (2, 150, 90)
+        single = predict_image(net, img, tile_shape=256)
+        assert np.abs(single - whole).max() <= TOL
+
+
+class SamePointwise(nn.Module):
+    """Same-padding stand-in: per-pixel logits depending on the pixel value and its position parity."""
+
+    depth, padding, spatial_dims, in_channels, num_classes = 4, "same", 2, 1, 2
+    halo, size_divisor = 0, 16
+
+    def forward(self, x):
+        return torch.cat([x, -x], dim=1)
+
+
+def test_same_padding_windows_land_in_place():
+    img = np.random.default_rng(9).normal(size=(150, 90)).astype(np.float32)
+    out = predict_image(SamePointwise(), img, tile_shape=32, margin=8)
+    np.testing.assert_allclose(out[0], 1 / (1 + np.exp(-2 * img)), atol=1e-6)
+
+
+def test_channels_last_and_bf16_paths_run():
+    net = _net(base=4)
+    img = np.random.default_rng(9).normal(size=(50, 60)).astype(np.float32)
+    ref = predict_image(net, img, tile_shape=116, channels_last=False)
+    cl = predict_image(net, img, tile_shape=116, channels_last=True)
+    assert np.abs(cl - ref).max() <= TOL
+    bf = predict_image(net, img, tile_shape=116, precision="bf16")
+    assert bf.dtype == np.float32 and np.abs(bf - ref).max() < 0.1
+
+
+def test_bad_inputs_raise_input_error():
+    from unetseg.errors import InputError
+
+    net = _net()
+    with pytest.raises(InputError, match="channel"):
+        predict_image(net, np.zeros((3, 20, 20), np.float32))
+    with pytest.raises(InputError):
+        predict_image(net, np.zeros((0, 20), np.float32))
+
+
+def test_auto_tile_fits_budget_and_grows_with_it():
+    net = UNet(1, 2, base_channels=64)
+    small = auto_tile_shape(net, memory_budget=2**28)
+    big = auto_tile_shape(net, memory_budget=2**31)
+    assert small[0] < big[0]
+    assert estimate_tile_memory(net, tuple(s + 2 * net.halo for s in small)) <= 2**28
+    assert sizes.is_valid_size(small[0] + 2 * net.halo)
+
+
+def test_streaming_into_a_target_with_transform():
+    net = _net(base=2)
+    img = np.random.default_rng(10).normal(size=(1, 90, 70)).astype(np.float32)
+    target = np.zeros((90, 70), np.float32)
+    predict_into(net, img, target, tile_shape=20, transform=lambda p: p[1])
+    np.testing.assert_allclose(target, whole_image_reference(net, img)[1], atol=TOL)
+
+
+@pytest.mark.parametrize("shape,chunk", [((1, 1), None), ((150, 333), 64), ((70, 40), 16)])
+def test_dask_threaded_equals_in_memory(shape, chunk):
+    import dask.array as da
+
+    net = _net(base=2)
+    img = np.random.default_rng(11).normal(size=shape).astype(np.float32)
+    ref = predict_image(net, img, tile_shape=36)
+    lazy = predict_dask(net, da.from_array(img, chunks=50), tile_shape=36, chunk_size=chunk)
+    out = lazy.compute(scheduler="threads")
+    assert out.shape == (2, *shape)
+    assert np.abs(out - ref).max() <= TOL
+
+
+def test_dask_distributed_local_cluster_equals_in_memory():
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    net = _net(base=2)
+    img = np.random.default_rng(12).normal(size=(130, 90)).astype(np.float32)
+    ref = predict_image(net, img, tile_shape=20)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        out = client.compute(predict_dask(net, da.from_array(img, chunks=64), tile_shape=20, chunk_size=48)).result()
+    assert np.abs(out - ref).max() <= TOL
