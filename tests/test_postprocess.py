@@ -1,0 +1,90 @@
+"""Instances from probabilities: threshold, components, watershed split, small objects, dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unetseg.errors import ConfigError
+from unetseg.postprocess import (
+    as_label_image,
+    connected_components,
+    instances_from_probabilities,
+    label_dtype,
+    relabel_sequential,
+    remove_small_objects,
+    threshold,
+    watershed_split,
+)
+
+
+def _two_touching_discs(shape=(40, 60), r=10):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 <= r * r
+    b = (yy - 20) ** 2 + (xx - 38) ** 2 <= r * r
+    return a, b
+
+
+def test_threshold_and_components():
+    p = np.array([[0.9, 0.9, 0.1, 0.8], [0.1, 0.1, 0.1, 0.8], [0.7, 0.1, 0.1, 0.1]])
+    mask = threshold(p, 0.5)
+    labels = connected_components(mask)
+    assert labels.dtype == np.uint16 and labels.max() == 3
+    assert connected_components(np.eye(3, dtype=bool), connectivity=2).max() == 1
+    assert connected_components(np.eye(3, dtype=bool), connectivity=1).max() == 3
+    with pytest.raises(ConfigError):
+        threshold(p, 1.5)
+
+
+def test_distance_watershed_splits_touching_discs():
+    a, b = _two_touching_discs()
+    mask = a | b
+    assert connected_components(mask).max() == 1
+    labels = watershed_split(mask)
+    assert labels.max() == 2
+    assert set(np.unique(labels[a & ~b])) == {1} and set(np.unique(labels[b & ~a])) == {2}
+    assert np.array_equal(labels > 0, mask)
+
+
+def test_border_channel_watershed_and_3class_instances():
+    a, b = _two_touching_discs()
+    from scipy import ndimage as ndi
+
+    inner = ndi.binary_erosion(a, iterations=2) | ndi.binary_erosion(b, iterations=2)
+    inner &= ~(ndi.binary_dilation(a, iterations=2) & ndi.binary_dilation(b, iterations=2))
+    border = (a | b) & ~inner
+    prob = np.stack([~(a | b), inner, border]).astype(np.float32)
+    labels = instances_from_probabilities(prob, split="border", border_class=2)
+    assert labels.max() == 2
+    assert np.array_equal(labels > 0, a | b)
+    with pytest.raises(ConfigError):
+        instances_from_probabilities(prob, split="border")
+
+
+def test_small_object_removal_and_sequential_labels():
+    labels = np.zeros((10, 10), np.int32)
+    labels[0:3, 0:3] = 5
+    labels[5, 5] = 9
+    labels[7:10, 7:10] = 2
+    out = remove_small_objects(labels, 4)
+    assert out.max() == 2 and (out[5, 5] == 0) and out[0, 0] == 1 and out[8, 8] == 2
+    assert relabel_sequential(np.array([3, 0, 3, 8])).tolist() == [1, 0, 1, 2]
+
+
+def test_label_dtypes_uint16_uint32():
+    assert label_dtype(10) == np.uint16 and label_dtype(70000) == np.uint32
+    big = np.arange(70001, dtype=np.int64).reshape(1, -1)
+    assert as_label_image(big).dtype == np.uint32
+    many = np.zeros((3, 2 * 70000), bool)
+    many[1, ::2] = True
+    assert connected_components(many).dtype == np.uint32
+
+
+def test_instances_3d_and_min_size():
+    vol = np.zeros((2, 8, 10, 10), np.float32)
+    vol[1, 1:4, 1:4, 1:4] = 1
+    vol[1, 6, 8, 8] = 1
+    vol[0] = 1 - vol[1]
+    labels = instances_from_probabilities(vol, min_size=5)
+    assert labels.shape == (8, 10, 10) and labels.max() == 1
+    assert instances_from_probabilities(vol, split="distance", h=0).max() == 2
