@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # Decoders log every problem they meet in a corrupt file; the CLI reports one line instead.
+    for noisy in ("tifffile", "PIL", "distributed", "numcodecs"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except UnetsegError as exc:
