@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,165 @@ def test_dask_distributed_local_cluster_equals_in_memory():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         out = client.compute(predict_dask(net, da.from_array(img, chunks=64), tile_shape=20, chunk_size=48)).result()
     assert np.abs(out - ref).max() <= TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# Files and the command-line tool
+# ----------------------------------------------------------------------------------------------
+import tifffile  # noqa: E402
+
+from unetseg.cli import main  # noqa: E402
+from unetseg.models import save  # noqa: E402
+from unetseg.normalize import normalize  # noqa: E402
+from unetseg.predict import fit_normalization, predict_file  # noqa: E402
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "classes": ["membrane", "cell"], "foreground_class": 1, "task": "semantic"})
+    return d
+
+
+def _expected(run_dir, img, spec=None):
+    from unetseg.models import load
+
+    x = normalize(img, spec or {"method": "minmax"})
+    return predict_image(load(run_dir), x, tile_shape=116)[1]
+
+
+@pytest.mark.parametrize("spec", [{"method": "percentile", "low": 1, "high": 99.8}, {"method": "minmax"}, {"method": "zscore"}, {"method": "dtype"}])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_streamed_normalisation_matches_normalize(spec, dtype):
+    img = (np.random.default_rng(0).random((2, 300, 70)) * 200).astype(dtype)
+    if spec["method"] == "dtype" and dtype == np.float32:
+        img = img / 200
+    fitted = fit_normalization(img, spec)(img)
+    np.testing.assert_allclose(fitted, normalize(img, spec, channel_axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_predict_folder_prob_and_file_types(tmp_path, run_dir):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    a = rng.integers(0, 255, (60, 90), dtype=np.uint8)
+    b = rng.integers(0, 4000, (33, 21), dtype=np.uint16)
+    tifffile.imwrite(src / "a.tif", a, compression="zlib")
+    np.save(src / "b.npy", b)
+    from PIL import Image
+
+    Image.fromarray(a).save(src / "c.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(run_dir), str(src), "--out", str(out), "--tile", "116"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif", "c.tif"]
+    got = tifffile.imread(out / "a.tif")
+    assert got.dtype == np.float32 and got.shape == a.shape
+    np.testing.assert_allclose(got, _expected(run_dir, a), atol=1e-5)
+    np.testing.assert_allclose(tifffile.imread(out / "b.tif"), _expected(run_dir, b), atol=1e-5)
+    np.testing.assert_allclose(tifffile.imread(out / "c.tif"), got, atol=1e-6)
+
+
+def test_cli_mask_labels_stack_and_tta(tmp_path, run_dir):
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(run_dir / "model.safetensors"), str(tmp_path / "s.tif"), "--out", str(out), "--output", "mask", "--tile", "52", "--tta"]) == 0
+    mask = tifffile.imread(out / "s.tif")
+    assert mask.shape == stack.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "s.tif"), "--out", str(out), "--output", "labels", "--split", "distance", "--min-size", "3"]) == 0
+    labels = tifffile.imread(out / "s.tif")
+    assert labels.shape == stack.shape and labels.dtype in (np.uint16, np.uint32)
+    for z in range(3):  # slice by slice, same as single images
+        ref = _expected(run_dir, stack[z])
+        assert np.array_equal(labels[z] > 0, ref > 0.5) or labels[z].max() > 0
+
+
+def test_predict_file_out_of_core_zarr_and_dask_agree(tmp_path, run_dir):
+    img = np.random.default_rng(2).integers(0, 255, (130, 77), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", img)
+    a = predict_file(run_dir, tmp_path / "big.npy", tmp_path / "a.zarr", tile_shape=36)
+    b = predict_file(run_dir, tmp_path / "big.npy", tmp_path / "b.tif", tile_shape=36, dask_scheduler="threads")
+    import zarr
+
+    za = np.asarray(zarr.open_array(str(a), mode="r"))
+    np.testing.assert_allclose(za, _expected(run_dir, img), atol=1e-5)
+    np.testing.assert_allclose(tifffile.imread(b), za, atol=1e-5)
+
+
+def test_cli_corrupt_input_one_line_error_no_output(tmp_path, run_dir, capsys):
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.zeros((30, 30), np.uint8))
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(run_dir), str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unetseg: error:") and "bad.tif" in err[0]
+    assert list(out.iterdir()) == []
+
+
+def test_cli_unwritable_output_one_line_error_no_partial(tmp_path, run_dir, capsys):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, np.zeros((30, 30), np.uint8))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        assert main(["predict", "--model", str(run_dir), str(img), "--out", str(ro)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("unetseg: error:")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_cli_output_name_taken_by_a_folder_one_line_error(tmp_path, run_dir, capsys):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, np.zeros((30, 30), np.uint8))
+    out = tmp_path / "out"
+    (out / "x.tif").mkdir(parents=True)
+    (out / "x.tif" / "keep").write_text("1")
+    assert main(["predict", "--model", str(run_dir), str(img), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unetseg: error:")
+    assert sorted(p.name for p in out.iterdir()) == ["x.tif"]  # no temporary left behind
+    assert (out / "x.tif" / "keep").read_text() == "1"
+
+
+def test_cli_out_is_a_file(tmp_path, run_dir, capsys):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, np.zeros((30, 30), np.uint8))
+    (tmp_path / "file").write_text("")
+    assert main(["predict", "--model", str(run_dir), str(img), "--out", str(tmp_path / "file" / "out")]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_failure_mid_write_leaves_no_partial_file(tmp_path, run_dir, monkeypatch):
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, np.zeros((300, 30), np.uint8))
+    import unetseg.predict as P
+
+    calls = {"n": 0}
+    real = P._Runner.__call__
+
+    def boom(self, batch):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        return real(self, batch)
+
+    monkeypatch.setattr(P._Runner, "__call__", boom)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(run_dir), str(img), "--out", str(out), "--tile", "20"]) == 1
+    assert list(out.iterdir()) == []
+
+
+def test_cli_wrong_image_shape_for_model(tmp_path, run_dir, capsys):
+    img = tmp_path / "rgb.npy"
+    np.save(img, np.zeros((20, 20, 3), np.uint8))
+    assert main(["predict", "--model", str(run_dir), str(img), "--out", str(tmp_path / "o")]) == 1
+    assert "rgb.npy" in capsys.readouterr().err

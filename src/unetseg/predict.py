@@ -499,3 +499,316 @@ def predict_dask(
 
 def _same_context(model: nn.Module) -> int:
     return min(sizes.halo(int(model.depth), sizes.VALID), 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: model meta, normalisation statistics, layouts, outputs
+# ----------------------------------------------------------------------------------------------
+def load_predictor(model: nn.Module | str | os.PathLike, *, device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A model and its ``extra`` metadata from a module (``extra`` empty), model file or run folder."""
+    if isinstance(model, nn.Module):
+        return model, {}
+    from .models import load_with_config
+
+    loaded, meta = load_with_config(model, device=resolve_device(device))
+    return loaded, dict(meta.get("extra") or {})
+
+
+_SAMPLE_LIMIT = 1 << 24  # elements per channel used for float percentiles
+
+
+def fit_normalization(source: Any, spec: dict[str, Any] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Statistics of :func:`unetseg.normalize.normalize` computed band by band over ``source``.
+
+    ``source`` is ``(channels, *spatial)``; channels are normalised independently. Returns a
+    function mapping any window ``(channels, *window)`` to float32, so windows can be normalised
+    one at a time with image-wide statistics. ``minmax``, ``zscore``, ``dtype`` and integer
+    ``percentile`` (8/16-bit, via exact histograms) match ``normalize`` on the whole image;
+    float percentiles use a regular subsample of at most 16M pixels per channel (exact below).
+    """
+    from .normalize import DEFAULT, METHODS
+
+    spec = dict(DEFAULT if spec is None else spec)
+    method = spec.get("method", "percentile")
+    if method not in METHODS:
+        raise ConfigError(f"normalization method {method!r}: expected one of {', '.join(METHODS)}")
+    dtype = np.dtype(source.dtype)
+    if dtype.kind not in "biuf":
+        raise InputError(f"cannot normalise an image of dtype {dtype}: expected integer or float pixels")
+    channels = int(source.shape[0])
+    if method == "none":
+        return lambda w: np.asarray(w, dtype=np.float32)
+    if method == "dtype":
+        scale = np.float32(np.iinfo(dtype).max if dtype.kind in "iu" else 1.0)
+        return lambda w: np.asarray(w).astype(np.float32) / scale
+    bands = list(_bands(source))
+    shape_c = (channels,) + (1,) * (len(source.shape) - 1)
+    if method in ("minmax", "zscore"):
+        lo = np.full(channels, np.inf)
+        hi = np.full(channels, -np.inf)
+        s1 = np.zeros(channels)
+        s2 = np.zeros(channels)
+        count = 0
+        for band in bands:
+            b = np.asarray(source[band]).reshape(channels, -1)
+            _check_finite(b)
+            lo = np.minimum(lo, b.min(axis=1))
+            hi = np.maximum(hi, b.max(axis=1))
+            if method == "zscore":
+                bf = b.astype(np.float64)
+                s1 += bf.sum(axis=1)
+                s2 += (bf * bf).sum(axis=1)
+            count += b.shape[1]
+        if method == "zscore":
+            mean = s1 / count
+            std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
+            mean32 = mean.astype(np.float32).reshape(shape_c)
+            std32 = np.maximum(std, 1e-6).astype(np.float32).reshape(shape_c)
+            return lambda w: (np.asarray(w).astype(np.float32) - mean32) / std32
+    else:
+        q = (float(spec.get("low", 1.0)), float(spec.get("high", 99.8)))
+        if dtype.kind in "biu" and dtype.itemsize <= 2:
+            lo, hi = _histogram_percentiles(source, bands, channels, dtype, q)
+        else:
+            lo, hi = _sampled_percentiles(source, channels, q)
+    lo32 = np.asarray(lo, dtype=np.float32).reshape(shape_c)
+    span = np.maximum(np.asarray(hi, dtype=np.float32).reshape(shape_c) - lo32, np.float32(1e-6))
+    return lambda w: (np.asarray(w).astype(np.float32) - lo32) / span
+
+
+def _check_finite(block: np.ndarray) -> None:
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        raise InputError("image contains NaN or Inf values")
+
+
+def _bands(source: Any, limit: int = 1 << 24):
+    shape = tuple(int(s) for s in source.shape)
+    row = max(1, math.prod(shape[2:]) * shape[0])
+    step = max(1, limit // row)
+    for start in range(0, shape[1], step):
+        yield (slice(None), slice(start, min(shape[1], start + step)))
+
+
+def _histogram_percentiles(source, bands, channels, dtype, q):
+    base = int(np.iinfo(dtype).min) if dtype.kind != "b" else 0
+    counts = None
+    for band in bands:
+        b = np.asarray(source[band]).reshape(channels, -1).astype(np.int64) - base
+        c = np.stack([np.bincount(b[i], minlength=(1 << (8 * dtype.itemsize))) for i in range(channels)])
+        counts = c if counts is None else counts + c
+    out = []
+    for qq in q:
+        vals = []
+        for i in range(channels):
+            cum = np.cumsum(counts[i])
+            n = int(cum[-1])
+            pos = qq / 100.0 * (n - 1)
+            k = int(np.floor(pos))
+            frac = pos - k
+            v0 = int(np.searchsorted(cum, k + 1)) + base
+            v1 = int(np.searchsorted(cum, min(k + 2, n))) + base
+            vals.append(v0 + frac * (v1 - v0))
+        out.append(np.array(vals))
+    return out[0], out[1]
+
+
+def _sampled_percentiles(source, channels, q):
+    shape = tuple(int(s) for s in source.shape[1:])
+    total = math.prod(shape)
+    stride = max(1, math.ceil((total / _SAMPLE_LIMIT) ** (1 / len(shape))))
+    if stride == 1:
+        sample = np.asarray(source[(slice(None),) + tuple(slice(0, n) for n in shape)])
+    else:
+        rows = []
+        for start in range(0, shape[0], stride):
+            row = np.asarray(source[(slice(None), slice(start, start + 1))])
+            rows.append(row[(slice(None), slice(None)) + (slice(None, None, stride),) * (len(shape) - 1)])
+        sample = np.concatenate(rows, axis=1)
+    sample = sample.reshape(channels, -1).astype(np.float32)
+    _check_finite(sample)
+    lo = np.percentile(sample, q[0], axis=1)
+    hi = np.percentile(sample, q[1], axis=1)
+    return lo, hi
+
+
+class _View:
+    """``(channels, *spatial)`` view of a source stored as (*spatial), (C, *s), (*s, C) or a stack slice."""
+
+    def __init__(self, src: Any, kind: str, z: int | None = None):
+        self.src, self.kind, self.z = src, kind, z
+        s = tuple(int(n) for n in src.shape)
+        self.shape = {"add": (1, *s), "first": s, "last": (s[-1], *s[:-1]), "slice": (1, *s[1:])}[kind]
+        self.dtype = np.dtype(src.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = tuple(index) + (slice(None),) * (self.ndim - len(tuple(index)))
+        if self.kind == "first":
+            return np.asarray(self.src[index])
+        if self.kind == "add":
+            return np.asarray(self.src[index[1:]])[None]
+        if self.kind == "slice":
+            return np.asarray(self.src[(self.z, *index[1:])])[None]
+        return np.moveaxis(np.asarray(self.src[(*index[1:], index[0])]), -1, 0)
+
+
+class _StackTarget:
+    """Writes the bands of stack slice ``z`` into a target holding the whole stack."""
+
+    def __init__(self, target: Any, z: int, class_axis: bool):
+        self.target, self.z, self.class_axis = target, z, class_axis
+
+    def __setitem__(self, index, value) -> None:
+        index = tuple(index)
+        if self.class_axis:
+            self.target[(index[0], self.z, *index[1:])] = value
+        else:
+            self.target[(self.z, *index)] = value
+
+
+def image_views(source: Any, model: nn.Module, name: str = "image") -> list[_View]:
+    """Interpret a stored array for ``model``: one ``(channels, *spatial)`` view, or one per slice
+    of a stack of 2D images for a 2D model.
+
+    Single-channel models take ``(*spatial)`` images and, for 2D models, ``(Z, Y, X)`` stacks
+    (slice by slice). Multi-channel models take channels first or last.
+    """
+    dims = int(getattr(model, "spatial_dims", 2))
+    channels = int(model.in_channels)
+    shape = tuple(int(s) for s in source.shape)
+    if len(shape) == dims and channels == 1:
+        return [_View(source, "add")]
+    if len(shape) == dims + 1:
+        if shape[0] == channels and (channels > 1 or dims == 3 or shape[0] == 1):
+            return [_View(source, "first")]
+        if channels > 1 and shape[-1] == channels:
+            return [_View(source, "last")]
+        if channels == 1 and dims == 2 and not (shape[-1] <= 4 < shape[0]):
+            return [_View(source, "slice", z) for z in range(shape[0])]
+    raise InputError(
+        f"{name}: image of shape {shape} does not fit a {dims}D model with {channels} input channel(s) "
+        f"(expected {'(Y, X) or a (Z, Y, X) stack' if dims == 2 and channels == 1 else f'{dims} spatial axes with {channels} channels first or last'})"
+    )
+
+
+def _output_spec(kind: str, num_classes: int, foreground: int, t: float):
+    """(class axis kept?, dtype, band transform) for an output kind."""
+    if kind == "prob":
+        if num_classes <= 2:
+            c = foreground if num_classes == 2 else 0
+            return False, np.float32, lambda p: p[c]
+        return True, np.float32, None
+    if kind == "mask":
+        if num_classes <= 2:
+            c = foreground if num_classes == 2 else 0
+            return False, np.uint8, lambda p: np.where(p[c] > t, np.uint8(255), np.uint8(0))
+        return False, np.uint8, lambda p: np.argmax(p, axis=0).astype(np.uint8)
+    raise ConfigError(f"output {kind!r}: expected one of {', '.join(OUTPUT_KINDS)}")
+
+
+def predict_file(
+    model: nn.Module | str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    output: str = "prob",
+    threshold: float = 0.5,
+    normalization: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    split: str = "none",
+    min_size: int = 0,
+    dask_scheduler: Any = None,
+    progress: bool | Any = False,
+    **kwargs: Any,
+) -> Path:
+    """Segment one image file into ``output_path`` (``.tif``, ``.zarr`` or ``.npy``).
+
+    The model's ``extra["normalization"]`` (or ``normalization``) is fitted over the whole image
+    and applied window by window; inputs are read lazily (:mod:`unetseg.store`) and ``prob`` and
+    ``mask`` outputs written band by band, so memory does not grow with the image. ``labels``
+    needs the whole probability map in memory for the watershed.
+
+    ``output``: ``"prob"`` float32 probabilities (for a 2-class model the foreground map alone),
+    ``"mask"`` uint8 (binary 0/255 for 1-2 classes, else the argmax class), ``"labels"``
+    uint16/uint32 instances (:func:`unetseg.postprocess.instances_from_probabilities`).
+    Other keyword arguments go to :func:`predict_into` (``tile_shape``, ``tta``, ``device``,
+    ``batch_size``, ``precision``, ...). With ``dask_scheduler`` (``"threads"``, an address or a
+    ``distributed.Client``) the image is segmented by :func:`predict_dask`.
+    """
+    from .postprocess import instances_from_probabilities
+    from .store import create_writer, open_source
+
+    net, meta_extra = load_predictor(model, device=kwargs.get("device"))
+    extra = {**meta_extra, **(extra or {})}
+    spec = normalization if normalization is not None else extra.get("normalization")
+    foreground = int(extra.get("foreground_class", 1))
+    input_path, output_path = Path(input_path), Path(output_path)
+    source = open_source(input_path)
+    views = image_views(source, net, str(input_path))
+    num_classes = int(net.num_classes)
+    spatial = views[0].shape[1:]
+    stack = len(views) > 1 or (views[0].kind == "slice")
+    if output == "labels":
+        probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
+        for z, view in enumerate(views):
+            pre = fit_normalization(view, spec)
+            tgt = _StackTarget(probs, z, True) if stack else probs
+            _predict_view(net, view, tgt, pre, None, np.float32, dask_scheduler, progress, kwargs)
+        border = extra.get("border_class")
+        labels = instances_from_probabilities(
+            probs, threshold_value=threshold, foreground_class=min(foreground, num_classes - 1), split=split,
+            border_class=border, min_size=min_size,
+        )
+        from .io import write_image
+
+        write_image(output_path, labels)
+        return output_path
+    class_axis, dtype, transform = _output_spec(output, num_classes, foreground, threshold)
+    out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
+    with create_writer(output_path, out_shape, dtype) as writer:
+        for z, view in enumerate(views):
+            pre = fit_normalization(view, spec)
+            tgt = _StackTarget(writer, z, class_axis) if stack else writer
+            _predict_view(net, view, tgt, pre, transform, dtype, dask_scheduler, progress, kwargs)
+    return output_path
+
+
+def _predict_view(net, view, target, pre, transform, dtype, dask_scheduler, progress, kwargs) -> None:
+    if dask_scheduler is None:
+        predict_into(net, view, target, preprocess=pre, transform=transform, progress=progress, **kwargs)
+        return
+    import dask.array as da
+
+    dims = view.ndim - 1
+    darr = da.from_array(view, chunks=(view.shape[0],) + (1024,) * dims, asarray=True, fancy=False)
+    normed = darr.map_blocks(pre, dtype=np.float32)
+    allowed = {k: v for k, v in kwargs.items() if k in ("tile_shape", "tta", "device", "batch_size", "precision")}
+    probs = predict_dask(net, normed, **allowed)
+    result = probs.map_blocks(transform, drop_axis=0, dtype=dtype) if transform is not None else probs
+    _store_dask(result, target, dask_scheduler)
+
+
+def _store_dask(result, target, scheduler) -> None:
+    import dask.array as da
+
+    if isinstance(scheduler, str) and scheduler in ("threads", "sync", "synchronous"):
+        da.store(result, _Full(target, result.ndim), lock=True, scheduler=scheduler)
+        return
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        da.store(result, _Full(target, result.ndim), lock=True, scheduler=scheduler)
+        return
+    with Client(scheduler) as client:
+        da.store(result, _Full(target, result.ndim), lock=True, scheduler=client)
+
+
+class _Full:
+    """Adapter so ``da.store`` can write into targets that take full-index tuples."""
+
+    def __init__(self, target, ndim):
+        self.target, self.ndim = target, ndim
+        self.shape = getattr(target, "shape", None)
+
+    def __setitem__(self, index, value):
+        self.target[index] = value

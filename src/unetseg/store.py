@@ -155,7 +155,16 @@ class ArraySource:
 
     ndim = property(lambda self: len(self.shape))
 
+    def __getstate__(self):
+        # File-backed arrays (tifffile/zarr stores hold open handles) travel by path.
+        state = dict(self.__dict__)
+        if self.path is not None and not isinstance(self.array, np.ndarray):
+            state["array"] = None
+        return state
+
     def __getitem__(self, index) -> np.ndarray:
+        if self.array is None:
+            self.array = open_source(self.path).array
         try:
             return np.asarray(self.array[index])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
@@ -351,7 +360,7 @@ def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *
         else:
             import tifffile
 
-            mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, bigtiff=True)
+            mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, bigtiff=True, photometric="minisblack")
             offset = mm.offset
             del mm
         target = _PwriteTarget(tmp, offset, shape, dtype)

@@ -1,0 +1,98 @@
+"""``unetseg predict``: segment images of any size with a trained model (overlap-tile)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError, InputError
+from ..io import IMAGE_SUFFIXES, list_images
+from ..store import is_zarr_path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment images (files, folders, stacks) with a trained model",
+        description="Overlap-tile segmentation of images of any size, out of core for TIFF/npy/zarr.",
+    )
+    p.add_argument("--model", required=True, help="run folder or model .safetensors file")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, stacks, zarr arrays")
+    p.add_argument("--out", required=True, help="output folder (created if missing); writes OUT/NAME.tif")
+    p.add_argument("--tile", type=int, default=None, help="largest output tile side (default: from the memory budget)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
+    p.add_argument("--output", default="prob", choices=["prob", "mask", "labels"], help="probabilities, mask, or instance labels")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground threshold for mask/labels")
+    p.add_argument("--split", default="none", choices=["none", "distance", "border"], help="labels: watershed split of touching objects")
+    p.add_argument("--min-size", type=int, default=0, help="labels: remove objects smaller than this many pixels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
+    p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy"], help="output file format")
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="segment with Dask: 'threads' or a distributed scheduler address")
+    p.set_defaults(func=run)
+
+
+def _collect(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if is_zarr_path(path):
+            files.append(path)
+        elif path.is_dir():
+            found = list_images(path) + sorted(p for p in path.iterdir() if p.suffix.lower() == ".zarr")
+            if not found:
+                raise InputError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: file not found")
+    return files
+
+
+def _output_name(path: Path, fmt: str) -> str:
+    name = path.name.rstrip("/")
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".npy", ".zarr"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{name}.{fmt}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..predict import load_predictor, predict_file
+
+    if args.tile is not None and args.tile < 1:
+        raise ConfigError(f"--tile {args.tile}: expected a positive size")
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: expected a positive number")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
+    files = _collect(args.inputs)
+    fmt = "tif" if args.output == "labels" else args.format
+    names = [_output_name(f, fmt) for f in files]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"several inputs would write the same output {dupes[0]}; give them distinct names")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, extra = load_predictor(args.model, device=args.device)
+    tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
+    try:
+        for path, name in tqdm(list(zip(files, names)), unit="file", desc="files", position=0, disable=None):
+            predict_file(
+                model, path, out / name, extra=extra, output=args.output, threshold=args.threshold, split=args.split,
+                min_size=args.min_size, tile_shape=args.tile, tta=args.tta, device=args.device, batch_size=args.batch,
+                precision=args.precision, progress=tile_bar, dask_scheduler=args.dask_scheduler,
+            )
+            log.debug("%s -> %s", path, out / name)
+    finally:
+        tile_bar.close()
+    print(f"wrote {len(files)} file(s) to {out}")
+    return 0
