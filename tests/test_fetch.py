@@ -97,6 +97,8 @@ def test_good_download(toy, tmp_path):
         assert (dest / "data" / name).read_bytes() == data
     assert len(handler.requests) == 2
     assert not leftovers(dest)
+    # A SHA256SUMS listing lets users re-check the folder with `sha256sum -c`.
+    assert (dest / "SHA256SUMS").read_text() == "".join(f"{sha(d)}  data/{n}\n" for n, d in FILES.items())
 
 
 def test_corrupted_file_refused_and_removed(toy, tmp_path):
@@ -311,6 +313,7 @@ def test_isbi2012_end_to_end_from_a_local_mirror(isbi_dir, server, tmp_path):
         names = sorted(p.name for p in (dest / sub).iterdir())
         assert len(names) == count and names[0] == "00.png"
         assert (dest / sub / "07.png").read_bytes() == (isbi_dir / sub / "07.png").read_bytes()
+    assert (dest / "SHA256SUMS").read_bytes() == (isbi_dir / "SHA256SUMS").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------- CLI

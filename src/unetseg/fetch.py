@@ -26,6 +26,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -464,6 +465,12 @@ def fetch(
         target.parent.mkdir(parents=True, exist_ok=True)
         _download(_url(base, f.source), target, f.sha256, progress=progress, timeout=timeout)
         fetched += 1
+    sums = "".join(f"{f.sha256}  {f.target}\n" for f in files)
+    listing = dest / "SHA256SUMS"
+    if not (listing.is_file() and listing.read_text() == sums):
+        with atomic_path(listing) as tmp:
+            tmp.write_text(sums)
+            tmp.chmod(0o666 & ~_umask())
     logger.info("%s: %d file(s) downloaded, %d reused from %s", name, fetched, reused, dest)
     return dest
 
@@ -547,7 +554,7 @@ def _download(url: str, target: Path, expected: str, *, progress: bool, timeout:
             part.unlink(missing_ok=True)
             return _download(url, target, expected, progress=progress, timeout=timeout)
         raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise FetchError(f"{url}: download failed ({reason}); run the command again to resume") from exc
     got = h.hexdigest()
