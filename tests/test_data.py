@@ -377,3 +377,20 @@ def test_worker_process_loader_matches_in_process_samples():
 
 def torch_equal(a, b):
     return bool((a == b).all())
+
+
+def test_3d_tiles():
+    shape = (20, 40, 40)
+    lab = np.zeros(shape, np.int64)
+    lab[5:15, 10:30, 10:30] = 1
+    im = LabeledImage("v", lab[None].astype(np.float32), lab, np.ones(shape, np.float32), np.zeros(shape, bool))
+    ds = TileDataset([im], (16, 32, 32), (8, 16, 16), augment=AugmentConfig(elastic_sigma=3.0), samples_per_epoch=3)
+    s = ds[0]
+    assert tuple(s["image"].shape) == (1, 16, 32, 32) and tuple(s["target"].shape) == (8, 16, 16)
+    assert set(np.unique(s["target"].numpy())) <= {0, 1}
+
+
+def test_tile_dataset_is_a_torch_dataset():
+    from torch.utils.data import Dataset
+
+    assert isinstance(TileDataset([ramp_image()], (44, 44), (20, 20)), Dataset)

@@ -356,20 +356,33 @@ def warp(array: np.ndarray, coords: np.ndarray, order: int, *, channel_axis: boo
 
 
 def apply_gray(image: np.ndarray, t: Transform) -> np.ndarray:
-    """Gray-value part of ``t`` on a float32 image ``(C, *spatial)`` (new array)."""
+    """Gray-value part of ``t`` on a float32 image ``(C, *spatial)`` (new array).
+
+    Order: gamma on the per-channel min-max range, contrast around the per-channel mean,
+    brightness offset, additive Gaussian noise (from ``t.noise_seed``). Computed in place on one
+    copy to keep a 572x572 tile at a few milliseconds.
+    """
     out = np.array(image, dtype=np.float32, copy=True)
+    red = tuple(range(1, out.ndim))
     if t.gamma != 1.0:
-        red = tuple(range(1, out.ndim))
         lo = out.min(axis=red, keepdims=True)
         span = np.maximum(out.max(axis=red, keepdims=True) - lo, np.float32(1e-6))
-        out = lo + span * np.power((out - lo) / span, np.float32(t.gamma))
-    if t.contrast != 1.0:
-        mean = out.mean(axis=tuple(range(1, out.ndim)), keepdims=True)
-        out = (out - mean) * np.float32(t.contrast) + mean
-    if t.brightness != 0.0:
-        out += np.float32(t.brightness)
+        out -= lo
+        out *= np.float32(1.0) / span
+        np.power(out, np.float32(t.gamma), out=out)
+        out *= span
+        out += lo
+    if t.contrast != 1.0 or t.brightness != 0.0:
+        c = np.float32(t.contrast)
+        offset = np.float32(t.brightness)
+        if t.contrast != 1.0:
+            offset = offset + out.mean(axis=red, keepdims=True, dtype=np.float32) * (np.float32(1.0) - c)
+            out *= c
+        out += offset
     if t.noise_std > 0:
-        out += np.random.default_rng(t.noise_seed).standard_normal(out.shape, dtype=np.float32) * np.float32(t.noise_std)
+        noise = np.random.default_rng(t.noise_seed).standard_normal(out.shape, dtype=np.float32)
+        noise *= np.float32(t.noise_std)
+        out += noise
     return out
 
 

@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from scipy import ndimage
+from torch.utils.data import Dataset
 
 from .augment import AugmentConfig, Transform, apply_transform, sample_transform
 from .errors import ConfigError, InputError
@@ -634,7 +636,7 @@ def resolved_target(path: str | os.PathLike, cfg: DataConfig | None = None) -> T
 # Tile sampling
 
 
-class TileDataset:
+class TileDataset(Dataset):
     """Random training tiles: input of the model's valid size, target crops of its output size.
 
     Each index draws one sample from a generator seeded by ``(seed, rank, index)``, so samples
@@ -765,8 +767,6 @@ class TileDataset:
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Tensors ``image`` (C, *in) float32, ``target`` (*out) int64, ``weight`` (*out) float32,
         ``mask`` (*out) bool (True = counts in the loss)."""
-        import torch
-
         s = self.sample(self.rng_for(index))
         return {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"], dtype=np.float32)),
@@ -810,8 +810,6 @@ class _CountingSampler:
 
 
 def _worker_init(_: int) -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
