@@ -547,17 +547,26 @@ def _render_cells(labels: np.ndarray, rho: np.ndarray, rng: np.random.Generator,
     seam &= fg
     if style == "dic":
         thickness = rng.uniform(0.7, 1.3, size=n_ids).astype(np.float32)
-        height = thickness[labels] * np.sqrt(inner) * 40.0
-        height += fg * 6.0 * _smooth_noise(shape, rng, 3.0)
+        # Flat-topped cells with steep rims: DIC shows their outlines as bright/dark edges.
+        plateau = np.where(fg, np.sqrt(np.clip(1.0 - rho**3, 0.0, 1.0)), 0.0)
+        height = thickness[labels] * plateau * 40.0
+        height += fg * 3.0 * _smooth_noise(shape, rng, 3.0)
         nucleus = np.where(fg, np.clip(1.0 - 2.5 * rho, 0.0, 1.0), 0.0)
         height += 15.0 * nucleus
+        # Granules and vesicles: small bumps and pits that DIC shows as shaded dots.
+        dots = np.zeros(shape, dtype=np.float32)
+        inside = np.flatnonzero(fg & (rho < 0.85))
+        if len(inside):
+            picks = rng.choice(inside, size=min(len(inside), max(1, len(inside) // 400)), replace=False)
+            dots.flat[picks] = rng.choice([-1.0, 1.0], size=len(picks), p=[0.7, 0.3]) * rng.uniform(0.5, 1.0, size=len(picks))
+        height += 120.0 * ndi.gaussian_filter(dots, 1.3)
         height -= 8.0 * ndi.gaussian_filter(seam.astype(np.float32), 1.0)
         height = ndi.gaussian_filter(height, 1.0)
         # DIC: intensity follows the derivative of the optical path along the shear direction.
         gy, gx = np.gradient(height)
         relief = (gx + gy) / math.sqrt(2.0)
-        image = 1500.0 + 60.0 * relief + 80.0 * _smooth_noise(shape, rng, 2.0) * (0.3 + fg)
-        image += 150.0 * _smooth_noise(shape, rng, 150.0)
+        image = 1500.0 + 60.0 * relief + 40.0 * _smooth_noise(shape, rng, 2.0) * (0.3 + fg)
+        image += 60.0 * _smooth_noise(shape, rng, 150.0)
     elif style == "fluorescence":
         brightness = rng.uniform(800.0, 2500.0, size=n_ids).astype(np.float32)
         image = brightness[labels] * (0.55 + 0.45 * np.sqrt(inner)) * fg
@@ -581,7 +590,7 @@ def touching_cells(
     *,
     style: str = "dic",
     n_cells: int | None = None,
-    radius: tuple[float, float] = (22.0, 42.0),
+    radius: tuple[float, float] = (28.0, 56.0),
     cluster_size: tuple[int, int] = (2, 5),
     overlap: float = 0.3,
     elongation: float = 0.6,
