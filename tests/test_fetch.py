@@ -207,6 +207,9 @@ def test_archive_extracted_with_prefix_stripped_and_reused(server, tmp_path, mon
     dest = F.fetch("ctc", tmp_path / "cache", base_url=url)
     assert (dest / "01" / "t000.tif").read_bytes() == b"img"
     assert (dest / "01_GT" / "SEG" / "man_seg000.tif").read_bytes() == b"seg"
+    from unetseg.data import discover
+
+    assert discover(dest)[0] == "ctc"  # the Cell Tracking Challenge layout the loader reads
     assert not (tmp_path / "cache" / "downloads" / "ctc.zip").exists()
     handler.requests.clear()
     assert F.fetch("ctc", tmp_path / "cache", base_url=url) == dest
@@ -314,6 +317,10 @@ def test_isbi2012_end_to_end_from_a_local_mirror(isbi_dir, server, tmp_path):
         assert len(names) == count and names[0] == "00.png"
         assert (dest / sub / "07.png").read_bytes() == (isbi_dir / sub / "07.png").read_bytes()
     assert (dest / "SHA256SUMS").read_bytes() == (isbi_dir / "SHA256SUMS").read_bytes()
+    from unetseg.data import discover
+
+    layout, pairs = discover(dest)
+    assert layout == "folders" and len(pairs) == 24
 
 
 # ---------------------------------------------------------------------------------------- CLI

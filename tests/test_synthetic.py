@@ -191,6 +191,10 @@ def test_cli_synth_writes_loader_layout(tmp_path):
     assert set(np.unique(label).tolist()) <= {0, 255}
     manifest = json.loads((out / "synth.json").read_text())
     assert manifest["kind"] == "em" and manifest["seed"] == 4
+    from unetseg.data import discover
+
+    layout, pairs = discover(out)  # the training data loader finds the pairs
+    assert layout == "folders" and [p.name for p in pairs] == ["000", "001", "002"]
     # Image i depends on (seed, i) only, not on --count.
     other = tmp_path / "em2"
     assert main(["data", "synth", "em", "--out", str(other), "--count", "2", "--size", "96x128", "--seed", "4"]) == 0
