@@ -394,3 +394,16 @@ def test_tile_dataset_is_a_torch_dataset():
     from torch.utils.data import Dataset
 
     assert isinstance(TileDataset([ramp_image()], (44, 44), (20, 20)), Dataset)
+
+
+def test_image_axes_override_for_npy(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    np.save(tmp_path / "images" / "a.npy", np.zeros((10, 12, 3), np.float32))
+    np.save(tmp_path / "labels" / "a.npy", np.zeros((10, 12), np.uint8))
+    with pytest.raises(InputError, match="a.npy"):  # read as a 10-page stack: shapes disagree
+        load_dataset(tmp_path)
+    [s] = load_dataset(tmp_path, DataConfig(image_axes="YXC"))
+    assert s.image.shape == (3, 10, 12)
+    with pytest.raises(ConfigError, match="image_axes"):
+        DataConfig(image_axes="QYX")

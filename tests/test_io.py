@@ -193,3 +193,35 @@ def test_shared_data_readable(isbi_dir, hela_dir, dsb_dir):
     a, axes = read_image_axes(hela_dir / "01_GT" / "SEG" / "man_seg002.tif")  # LZW, uint16
     assert a.dtype == np.uint16 and axes == "YX"
     assert read_stack(dsb_dir / "img2d.tif").shape == (1, 512, 512)
+
+
+@pytest.mark.parametrize("suffix,compression", [(".tif", "lzw"), (".tif", "zlib"), (".tif", None), (".png", None), (".npy", None)])
+def test_truncated_or_flipped_bytes_only_raise_input_error(tmp_path, suffix, compression):
+    rng = np.random.default_rng(1)
+    good = tmp_path / f"good{suffix}"
+    arr = rng.integers(0, 255, (64, 64) if suffix == ".png" else (3, 64, 64)).astype(np.uint8)
+    write_image(good, arr, compression=compression)
+    data = good.read_bytes()
+    bad = tmp_path / f"bad{suffix}"
+    for i in range(60):
+        b = bytearray(data)
+        if i % 2:
+            b = b[: int(rng.integers(0, len(b)))]
+        else:
+            for _ in range(int(rng.integers(1, 20))):
+                b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+        bad.write_bytes(bytes(b))
+        try:
+            read_image(bad)
+        except InputError as exc:
+            assert "bad" in str(exc)
+
+
+def test_corrupt_zarr_chunk(tmp_path):
+    write_zarr(tmp_path / "a.zarr", np.arange(64, dtype=np.uint16).reshape(8, 8), chunks=(4, 4))
+    chunks = [p for p in (tmp_path / "a.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert chunks
+    for c in chunks:
+        c.write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="a.zarr"):
+        read_zarr(tmp_path / "a.zarr")

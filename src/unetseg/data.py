@@ -160,7 +160,9 @@ class DataConfig:
 
     ``labels`` optionally names the label file/folder when ``path`` is an image file or folder
     (the ``pair`` layout). ``spatial_dims=2`` splits stacks into 2D samples; ``3`` keeps volumes.
-    ``in_channels`` (optional) is checked against every image. ``cache_dir`` stores weight maps.
+    ``in_channels`` (optional) is checked against every image. ``image_axes`` overrides the axes
+    the files declare (letters Z, C, Y, X; needed only for formats without axis metadata, e.g. a
+    ``(Y, X, 3)`` ``.npy`` would otherwise be read as a 3-page stack). ``cache_dir`` stores weight maps.
     """
 
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -168,6 +170,7 @@ class DataConfig:
     normalization: dict[str, Any] = field(default_factory=_default_norm)
     spatial_dims: int = 2
     in_channels: int | None = None
+    image_axes: str | None = None  # override for files that store no axes (.npy): e.g. "YXC"
     labels: str | None = None
     cache_dir: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -175,6 +178,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
             raise ConfigError(f"data.spatial_dims: expected 2 or 3, got {self.spatial_dims}")
+        ax = self.image_axes
+        if ax is not None and (set(ax) - set("ZCYX") or len(set(ax)) != len(ax) or "Y" not in ax or "X" not in ax):
+            raise ConfigError(f"data.image_axes: {ax!r} must use each of Z, C, Y, X at most once and include Y and X")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DataConfig:
@@ -565,6 +571,10 @@ def load_dataset(path: str | os.PathLike, cfg: DataConfig | None = None, *, prog
         it = tqdm(pairs, desc="reading", unit="image")
     for pair in it:
         arr, axes = read_image_axes(pair.image, max_pixels=cfg.max_pixels)
+        if cfg.image_axes is not None:
+            if len(cfg.image_axes) != arr.ndim:
+                raise InputError(f"{pair.image}: data.image_axes {cfg.image_axes!r} does not fit an image of shape {arr.shape}")
+            axes = cfg.image_axes
         if arr.dtype.kind not in "biuf":
             raise InputError(f"{pair.image}: unsupported pixel type {arr.dtype}")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():

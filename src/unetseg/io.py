@@ -113,8 +113,8 @@ def read_image_axes(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
             return np.asarray(arr), _default_axes(path, arr.ndim)
     except InputError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError, EOFError, MemoryError) as exc:
-        raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - decoders of corrupt files raise anything (struct.error, SyntaxError, TokenError...)
+        raise InputError(f"{path}: cannot read image, the file is corrupt or not a valid {suffix} ({type(exc).__name__}: {exc})") from exc
     raise InputError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
 
 
@@ -309,7 +309,7 @@ def open_zarr(path: str | os.PathLike):
     path = Path(path)
     try:
         node = zarr.open(str(path), mode="r")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - broken metadata raises many types
         raise InputError(f"{path}: cannot open as zarr ({type(exc).__name__}: {exc})") from exc
     if isinstance(node, zarr.Array):
         axes = node.attrs.get("axes")
@@ -339,7 +339,7 @@ def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
     _check_size(path, arr.shape, max_pixels)
     try:
         data = np.asarray(arr[...])
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt chunks raise codec-specific errors
         raise InputError(f"{path}: cannot read zarr data ({type(exc).__name__}: {exc})") from exc
     # OME-Zarr is (t, c, z, y, x): drop a singleton time axis; a time series without z is a stack.
     if "T" in axes:
