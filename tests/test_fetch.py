@@ -130,12 +130,27 @@ def test_damaged_cache_entry_is_fetched_again(toy, tmp_path):
     assert [p for p, _ in handler.requests] == ["/src/two.txt"]
 
 
+def test_foreign_folder_is_used_when_it_verifies_and_never_modified(toy, tmp_path):
+    _, url, handler = toy
+    dest = tmp_path / "cache" / "toy"
+    for name, data in FILES.items():
+        (dest / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / "data" / name).write_bytes(data)
+    assert F.fetch("toy", tmp_path / "cache", base_url=url) == dest
+    assert handler.requests == [] and not (dest / F.MARKER).exists()
+    (dest / "data" / "two.txt").write_bytes(b"user's own edit")
+    with pytest.raises(F.InputError, match="not created by unetseg"):
+        F.fetch("toy", tmp_path / "cache", base_url=url)
+    assert (dest / "data" / "two.txt").read_bytes() == b"user's own edit"
+
+
 def test_partial_download_resumes_with_range(toy, tmp_path):
     _, url, handler = toy
     handler.ranges = True
     data = FILES["a/one.bin"]
     folder = tmp_path / "cache" / "toy" / "data" / "a"
     folder.mkdir(parents=True)
+    F._write_marker(tmp_path / "cache" / "toy", {"name": "toy"})  # as an interrupted fetch leaves it
     (folder / ".one.bin.part").write_bytes(data[:300])
     F.fetch("toy", tmp_path / "cache", base_url=url)
     assert (folder / "one.bin").read_bytes() == data
@@ -147,6 +162,7 @@ def test_partial_download_restarts_without_range_support(toy, tmp_path):
     _, url, _ = toy
     folder = tmp_path / "cache" / "toy" / "data" / "a"
     folder.mkdir(parents=True)
+    F._write_marker(tmp_path / "cache" / "toy", {"name": "toy"})  # as an interrupted fetch leaves it
     (folder / ".one.bin.part").write_bytes(b"garbage that is not a prefix")
     F.fetch("toy", tmp_path / "cache", base_url=url)
     assert (folder / "one.bin").read_bytes() == FILES["a/one.bin"]
@@ -214,6 +230,18 @@ def test_archive_extracted_with_prefix_stripped_and_reused(server, tmp_path, mon
     handler.requests.clear()
     assert F.fetch("ctc", tmp_path / "cache", base_url=url) == dest
     assert handler.requests == []
+
+
+def test_archive_never_replaces_a_foreign_folder(server, tmp_path, monkeypatch):
+    root, url, handler = server
+    data = make_zip(root / "ctc.zip", {"ctc/a.txt": b"x"})
+    register_archive(monkeypatch, "ctc", sha(data))
+    mine = tmp_path / "cache" / "ctc" / "precious.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep")
+    with pytest.raises(F.InputError, match="not created by unetseg"):
+        F.fetch("ctc", tmp_path / "cache", base_url=url)
+    assert mine.read_text() == "keep" and handler.requests == []
 
 
 def test_corrupted_archive_refused(server, tmp_path, monkeypatch):

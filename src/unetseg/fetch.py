@@ -452,7 +452,18 @@ def fetch(
     base = base_url or ds.base_url
     if ds.archive:
         return _fetch_archive(ds, files[0], root, dest, base, progress=progress, timeout=timeout, limit=max_extracted_bytes)
+    if _foreign(dest):
+        # A folder unetseg did not create (for example a copy the user made): use it when
+        # every file verifies, but never delete or overwrite anything in it.
+        if all(_safe_target(dest, f.target).is_file() and sha256_file(_safe_target(dest, f.target)) == f.sha256 for f in files):
+            logger.info("%s: every file in %s verifies; using it", name, dest)
+            return dest
+        raise InputError(
+            f"{dest}: exists, was not created by unetseg fetch and does not verify; "
+            "remove it or choose another cache folder (--cache)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
+    _write_marker(dest, {"name": name, "source": base})
     fetched = reused = 0
     for f in files:
         target = _safe_target(dest, f.target)
@@ -485,6 +496,10 @@ def _fetch_archive(ds: RemoteDataset, f: RemoteFile, root: Path, dest: Path, bas
         if recorded == f.sha256:
             logger.info("%s: reusing %s", ds.name, dest)
             return dest
+    elif _foreign(dest):
+        raise InputError(
+            f"{dest}: exists and was not created by unetseg fetch; remove it or choose another cache folder (--cache)"
+        )
     downloads = root / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = _safe_target(downloads, f.target)
@@ -495,13 +510,24 @@ def _fetch_archive(ds: RemoteDataset, f: RemoteFile, root: Path, dest: Path, bas
         with atomic_path(dest, directory=True) as tmp:
             tmp.chmod(0o777 & ~_umask())
             safe_extract(archive, tmp, strip_prefix=ds.strip_prefix, max_bytes=limit)
-            (tmp / MARKER).write_text(json.dumps({"name": ds.name, "source": _url(base, f.source), "sha256": f.sha256}) + "\n")
+            _write_marker(tmp, {"name": ds.name, "source": _url(base, f.source), "sha256": f.sha256})
     except UnsafeArchiveError:
         archive.unlink(missing_ok=True)
         raise
     archive.unlink(missing_ok=True)
     logger.info("%s: unpacked to %s", ds.name, dest)
     return dest
+
+
+def _foreign(dest: Path) -> bool:
+    """True when ``dest`` is a non-empty folder without the marker that fetch writes."""
+    return dest.is_dir() and not (dest / MARKER).is_file() and any(dest.iterdir())
+
+
+def _write_marker(folder: Path, info: dict) -> None:
+    with atomic_path(folder / MARKER) as tmp:
+        tmp.write_text(json.dumps(info) + "\n")
+        tmp.chmod(0o666 & ~_umask())
 
 
 def _umask() -> int:
