@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_path
@@ -108,7 +108,6 @@ class RemoteDataset:
     archive: bool = False
     strip_prefix: str = ""
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _parse_sums(text: str) -> dict[str, str]:
