@@ -235,10 +235,10 @@ def _render_em(
     image = cell_intensity + shade[labels]
     # Membranes: dark core with soft edges, darkness varying along the membrane.
     depth = (cell_intensity - membrane_intensity) * (0.5 + 0.8 * _to_unit(_smooth_noise(shape, rng, 25.0)))
-    profile = np.clip((half_width + 1.5 - dist) / 2.5, 0.0, 1.0)
+    profile = np.clip((half_width + 0.8 - dist) / 1.3, 0.0, 1.0)
     image = image - depth * profile * 1.12
     # Cytoplasm texture: granular fine scale plus cloudy medium scale, and sparse dark specks.
-    image += texture * (0.7 * _smooth_noise(shape, rng, 1.2) + 0.6 * _smooth_noise(shape, rng, 4.0))
+    image += texture * (0.9 * _smooth_noise(shape, rng, 0.9) + 0.35 * _smooth_noise(shape, rng, 4.0))
     specks = (rng.random(shape) < 0.01).astype(np.float32)
     image -= 60.0 * ndi.gaussian_filter(specks, 1.0) * 2 * math.pi
     # Organelles inside cells, kept clear of the membranes so the labels stay exact.
@@ -249,7 +249,7 @@ def _render_em(
     if len(candidates):
         for flat in rng.choice(candidates, size=min(n_ves, len(candidates))):
             cy, cx = divmod(int(flat), shape[1])
-            radius = min(rng.uniform(1.5, 5.0), free.flat[flat] - 2.0)
+            radius = min(rng.uniform(1.5, 4.0), free.flat[flat] - 2.0)
             if radius >= 1.5:
                 _stamp(organelles, (cy, cx), _vesicle_patch(radius, rng.uniform(40, 80)))
         n_mito = rng.poisson(mitochondria * area / 1e5)
@@ -308,9 +308,9 @@ def em_membranes(
     membrane_intensity: float = 90.0,
     intensity_spread: float = 16.0,
     texture: float = 22.0,
-    vesicles: float = 30.0,
+    vesicles: float = 80.0,
     mitochondria: float = 4.0,
-    blur: float = 0.8,
+    blur: float = 0.6,
     noise: float = 12.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One EM-like section of neural tissue with its exact membrane labels (ISBI 2012 style).
@@ -425,7 +425,7 @@ def em_volume(
         raise ConfigError(f"z_step={z_step!r}, cell_area={cell_area!r}: expected z_step > 0 and cell_area >= 20")
     defaults = dict(
         cell_intensity=155.0, membrane_intensity=90.0, intensity_spread=16.0, texture=22.0,
-        vesicles=30.0, mitochondria=4.0, blur=0.8, noise=12.0,
+        vesicles=80.0, mitochondria=4.0, blur=0.6, noise=12.0,
     )
     unknown = set(render) - set(defaults)
     if unknown:
