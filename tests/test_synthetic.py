@@ -221,3 +221,21 @@ def test_cli_synth_bad_size(tmp_path, capsys):
 def test_generate_unknown_kind():
     with pytest.raises(ConfigError):
         synthetic.generate("em-volume", (64, 64), rng())
+
+
+def test_cli_synth_parameters(tmp_path, capsys):
+    out = tmp_path / "thin"
+    args = ["data", "synth", "em", "--out", str(out), "--count", "1", "--size", "128", "--seed", "2"]
+    assert main(args + ["--set", "membrane_width=[2, 3]", "--set", "noise=0"]) == 0
+    thin = read_image(out / "labels" / "000.png")
+    assert json.loads((out / "synth.json").read_text())["params"] == {"membrane_width": [2, 3], "noise": 0}
+    expected = synthetic.em_membranes((128, 128), np.random.default_rng([2, 0]), membrane_width=(2, 3), noise=0)[1]
+    assert np.array_equal(thin, expected)
+    bad = tmp_path / "bad"
+    assert main(["data", "synth", "em", "--out", str(bad), "--set", "nosie=3"]) == 1
+    err = capsys.readouterr().err
+    assert "nosie" in err and "noise" in err
+    assert not bad.exists()
+    assert main(["data", "synth", "dic-cells", "--out", str(bad), "--set", "style=fluorescence"]) == 1
+    assert main(["data", "synth", "em", "--out", str(bad), "--set", "noise"]) == 1
+    assert not bad.exists()

@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 
 from .errors import ConfigError
 
-__all__ = ["em_membranes", "em_volume", "touching_cells", "nuclei", "KINDS"]
+__all__ = ["em_membranes", "em_volume", "touching_cells", "nuclei", "generate", "check_params", "kind_function", "KINDS"]
 
 #: Names accepted by ``unetseg data synth`` and what each produces.
 KINDS = {
@@ -712,21 +712,62 @@ def nuclei(
     return np.clip(np.rint(image), 0, 4095).astype(np.uint16), labels
 
 
-def generate(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def generate(kind: str, shape: tuple[int, int], rng: np.random.Generator, **params) -> tuple[np.ndarray, np.ndarray]:
     """One image/label pair of a named ``kind`` (see :data:`KINDS`; not ``em-volume``).
+
+    ``params`` go to the generator (for example ``noise=20`` or ``membrane_width=(2, 6)``); an
+    unknown name raises :class:`~unetseg.errors.ConfigError`.
 
     Examples
     --------
-    >>> image, labels = generate("nuclei", (64, 64), np.random.default_rng(0))
+    >>> image, labels = generate("nuclei", (64, 64), np.random.default_rng(0), noise=5)
     >>> image.shape
     (64, 64)
     """
-    if kind == "em":
-        return em_membranes(shape, rng)
-    if kind == "dic-cells":
-        return touching_cells(shape, rng, style="dic")
-    if kind == "fluo-cells":
-        return touching_cells(shape, rng, style="fluorescence")
-    if kind == "nuclei":
-        return nuclei(shape, rng)
-    raise ConfigError(f"synthetic kind {kind!r}: expected one of {', '.join(k for k in KINDS if k != 'em-volume')}")
+    if kind == "em-volume" or kind not in KINDS:
+        raise ConfigError(f"synthetic kind {kind!r}: expected one of {', '.join(k for k in KINDS if k != 'em-volume')}")
+    fn, fixed = kind_function(kind)
+    check_params(fn, params, fixed)
+    return fn(shape, rng, **fixed, **params)
+
+
+def kind_function(kind: str):
+    """``(function, fixed keyword arguments)`` behind a kind name of :data:`KINDS`.
+
+    Examples
+    --------
+    >>> kind_function("dic-cells")[1]
+    {'style': 'dic'}
+    """
+    table = {
+        "em": (em_membranes, {}),
+        "em-volume": (em_volume, {}),
+        "dic-cells": (touching_cells, {"style": "dic"}),
+        "fluo-cells": (touching_cells, {"style": "fluorescence"}),
+        "nuclei": (nuclei, {}),
+    }
+    if kind not in table:
+        raise ConfigError(f"synthetic kind {kind!r}: expected one of {', '.join(table)}")
+    return table[kind]
+
+
+def check_params(fn, params: dict, fixed: dict | None = None) -> None:
+    """Raise ConfigError naming any key of ``params`` that ``fn`` does not take as a keyword.
+
+    Examples
+    --------
+    >>> check_params(nuclei, {"noise": 3})
+    >>> check_params(nuclei, {"nosie": 3})
+    Traceback (most recent call last):
+    ...
+    unetseg.errors.ConfigError: nuclei: unknown parameter 'nosie'; expected one of blur, n_nuclei, noise, radius, touching
+    """
+    import inspect
+
+    sig = inspect.signature(fn)
+    allowed = {n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - set(fixed or {})
+    if fn is em_volume:
+        allowed |= {"cell_intensity", "membrane_intensity", "intensity_spread", "texture", "vesicles", "mitochondria", "blur", "noise"}
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{fn.__name__}: unknown parameter {key!r}; expected one of {', '.join(sorted(allowed))}")

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", default="512", metavar="S", help="image side S or HxW in px (default: 512)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default: 0)")
     s.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+    s.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
+        help="generator parameter, repeatable (YAML value), e.g. --set noise=20 --set membrane_width=[2,6]",
+    )
     s.set_defaults(func=run_synth)
 
 
@@ -84,6 +88,28 @@ def _chmod_like_mkdir(path: Path) -> None:
     path.chmod(0o777 & ~umask)
 
 
+def parse_params(items: list[str]) -> dict:
+    """``["noise=20", "membrane_width=[2, 6]"]`` -> ``{"noise": 20, "membrane_width": [2, 6]}``.
+
+    Examples
+    --------
+    >>> parse_params(["noise=20", "style=dic"])
+    {'noise': 20, 'style': 'dic'}
+    """
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return out
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"512"`` -> (512, 512); ``"256x384"`` -> (256, 384).
 
@@ -108,9 +134,12 @@ def run_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..io import write_image
-    from ..synthetic import KINDS, em_volume, generate
+    from ..synthetic import KINDS, check_params, em_volume, generate, kind_function
 
     shape = parse_size(args.size)
+    params = parse_params(args.params)
+    fn, fixed = kind_function(args.kind)
+    check_params(fn, params, fixed)
     if args.count < 1:
         raise ConfigError(f"--count {args.count}: expected at least 1")
     out = Path(args.out)
@@ -128,11 +157,11 @@ def run_synth(args: argparse.Namespace) -> int:
         (tmp / "labels").mkdir()
         if args.kind == "em-volume":
             logger.info("generating a %d-section volume", args.count)
-            images, labels = em_volume((args.count, *shape), np.random.default_rng(args.seed))
+            images, labels = em_volume((args.count, *shape), np.random.default_rng(args.seed), **params)
             pairs = ((images[i], labels[i]) for i in range(args.count))
         else:
             # One generator per image, seeded by (seed, index): image i does not depend on --count.
-            pairs = (generate(args.kind, shape, np.random.default_rng([args.seed, i])) for i in range(args.count))
+            pairs = (generate(args.kind, shape, np.random.default_rng([args.seed, i]), **params) for i in range(args.count))
         for i, (image, label) in enumerate(tqdm(pairs, total=args.count, desc=args.kind, unit="img")):
             name = f"{i:0{width}d}{suffix}"
             write_image(tmp / "images" / name, image)
@@ -144,6 +173,7 @@ def run_synth(args: argparse.Namespace) -> int:
             "count": args.count,
             "shape": list(shape),
             "seed": args.seed,
+            "params": params,
             "labels": "255 = cell interior, 0 = membrane" if em else "instance ids, 0 = background",
             "per_image_rng": "numpy.random.default_rng([seed, index])" if args.kind != "em-volume" else "numpy.random.default_rng(seed)",
         }
