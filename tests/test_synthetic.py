@@ -82,6 +82,12 @@ def test_em_width_parameter_controls_membrane_fraction():
     assert (thick == 0).mean() > 2 * (thin == 0).mean()
 
 
+def test_em_labels_independent_of_rendering_parameters():
+    a = synthetic.em_membranes((96, 96), rng(3))
+    b = synthetic.em_membranes((96, 96), rng(3), noise=0, vesicles=0, texture=5)
+    assert np.array_equal(a[1], b[1]) and not np.array_equal(a[0], b[0])
+
+
 def test_em_deterministic_per_seed():
     a = synthetic.em_membranes((128, 128), rng(7))
     b = synthetic.em_membranes((128, 128), rng(7))
@@ -239,3 +245,13 @@ def test_cli_synth_parameters(tmp_path, capsys):
     assert main(["data", "synth", "dic-cells", "--out", str(bad), "--set", "style=fluorescence"]) == 1
     assert main(["data", "synth", "em", "--out", str(bad), "--set", "noise"]) == 1
     assert not bad.exists()
+
+
+def test_em_volume_parameters():
+    a = synthetic.em_volume((2, 64, 64), rng(1), noise=0, blur=0)
+    b = synthetic.em_volume((2, 64, 64), rng(1))
+    assert np.array_equal(a[1], b[1]) and not np.array_equal(a[0], b[0])
+    with pytest.raises(ConfigError, match="nosie"):
+        synthetic.em_volume((2, 64, 64), rng(1), nosie=0)
+    with pytest.raises(ConfigError):
+        synthetic.em_volume((2, 64, 64), rng(1), noise=-1)
