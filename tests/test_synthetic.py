@@ -218,6 +218,15 @@ def test_cli_synth_instances_and_refuses_non_empty(tmp_path, capsys):
     assert json.loads((out / "synth.json").read_text())["kind"] == "nuclei"
 
 
+def test_cli_synth_force_never_replaces_other_folders(tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    assert main(["data", "synth", "em", "--out", str(precious), "--count", "1", "--size", "64", "--force"]) == 1
+    assert "synth.json" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep"
+
+
 def test_cli_synth_bad_size(tmp_path, capsys):
     assert main(["data", "synth", "em", "--out", str(tmp_path / "x"), "--size", "8"]) == 1
     assert "--size" in capsys.readouterr().err

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--count", type=int, default=10, help="number of images (sections for em-volume; default: 10)")
     s.add_argument("--size", default="512", metavar="S", help="image side S or HxW in px (default: 512)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images (default: 0)")
-    s.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+    s.add_argument("--force", action="store_true", help="replace an output folder written by an earlier 'data synth'")
     s.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
         help="generator parameter, repeatable (YAML value), e.g. --set noise=20 --set membrane_width=[2,6]",
@@ -145,8 +145,11 @@ def run_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise InputError(f"{out}: folder is not empty; pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            raise InputError(f"{out}: folder is not empty; pass --force to replace it")
+        if not (out / "synth.json").is_file():
+            raise InputError(f"{out}: not made by 'unetseg data synth' (no synth.json); refusing to replace it, even with --force")
     out.parent.mkdir(parents=True, exist_ok=True)
     em = args.kind in ("em", "em-volume")
     suffix = ".png" if em else ".tif"
