@@ -169,7 +169,17 @@ def _default_axes(path: Path, ndim: int) -> str:
 def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses declared sizes above its own limit before we see them; name ours too.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        declared = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise InputError(
+            f"{path}: image declares {declared}, above the decompression-bomb limit "
+            f"(Pillow's {2 * (Image.MAX_IMAGE_PIXELS or 0):,}; max_pixels {max_pixels:,})"
+        ) from exc
+    with opened as im:
         _check_size(path, (im.height, im.width, len(im.getbands())), max_pixels)
         if im.mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
