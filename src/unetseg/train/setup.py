@@ -88,6 +88,7 @@ def train_from_config(
     progress: bool = False,
     time_limit_s: float | None = None,
     stop_after: int | None = None,
+    on_step=None,
 ) -> TrainResult:
     """Load the data of ``cfg``, build its model and train it into the run folder ``out``."""
     info = dist_util.from_env()
@@ -147,4 +148,5 @@ def train_from_config(
         progress=progress,
         time_limit_s=time_limit_s,
         stop_after=stop_after,
+        on_step=on_step,
     )

@@ -1,0 +1,227 @@
+"""ISBI 2012 side by side: the unetseg CPU recipe vs what a MONAI user would do in the same time.
+
+    flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_vs_monai.py --minutes 30
+
+Both train on sections 00-19 of ``../shared/data/isbi2012`` for the same wall-clock time (each
+``--minutes``, one after the other, same threads) and predict sections 20-23 with the same
+8-fold test-time augmentation (rotations x flips); both inputs use the same percentile
+normalisation. Scored with the ISBI 2012 protocol (:func:`unetseg.evaluate.evaluate_isbi2012`):
+pixel error, V_rand after thinning, warping error (and its splits-and-mergers part).
+
+unetseg: the recipe in ``--config`` (a valid U-Net with the paper's weight maps and elastic
+deformation); its schedule length is set from a short speed probe so that the schedule ends
+when the time is up, and training stops at the time limit in any case. The final weights are
+scored (no model selection on 20-23).
+
+MONAI baseline, as the issue defines it: ``BasicUNet(features=(32, 32, 64, 128, 256, 32))``,
+Adam 1e-3, ``DiceCELoss``, random 256x256 crops in batches of 4 with flips and 90-degree
+rotations, bf16 autocast, ``sliding_window_inference`` (overlap 0.25, Gaussian).
+
+MONAI is needed for the baseline only (``pip install -e '.[bench]'``); ``--skip-monai`` runs ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from unetseg import runtime  # noqa: E402
+from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
+from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
+from unetseg.models import load as load_model  # noqa: E402
+from unetseg.train.config import load_train_config  # noqa: E402
+from unetseg.train.setup import train_from_config  # noqa: E402
+from unetseg.train.validate import _dihedral, _undihedral, predict_probs  # noqa: E402
+
+KEYS = ("pixel_error", "v_rand", "warping_error", "warping_error_splits_mergers", "pixel_error_f1", "v_info")
+
+
+def load_split(data: Path, names: set[str]):
+    cfg = DataConfig(target=TargetConfig(kind="binary", foreground_value=255), weights=dataclasses.replace(DataConfig().weights, enabled=False))
+    return [it for it in load_dataset(data, cfg) if it.name in names]
+
+
+def score(probs: list[np.ndarray], items) -> dict:
+    gt = np.stack([(it.target > 0).astype(np.uint8) * 255 for it in items])
+    res = evaluate_isbi2012(np.stack(probs).astype(np.float32), gt)
+    return {k: res[k]["value"] if isinstance(res[k], dict) else res[k] for k in KEYS if k in res}
+
+
+# ------------------------------------------------------------------------------------- ours
+
+
+def run_ours(args, val_items) -> dict:
+    budget = args.minutes * 60
+    cfg = load_train_config(args.config, args.overrides)
+    cfg = dataclasses.replace(
+        cfg,
+        val_data=None,
+        validation=dataclasses.replace(cfg.validation, every=0),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=10**9),
+        runtime=dataclasses.replace(cfg.runtime, log_every=25),
+    )
+    out = Path(args.out) / "ours"
+    probe_dir = Path(args.out) / "ours-probe"
+    steps = args.ours_steps
+    t_setup = time.perf_counter()
+    if steps is None:
+        stamps: dict[int, float] = {}
+        probe = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=10**6))
+        train_from_config(probe, probe_dir, config_path=args.config, stop_after=args.probe_steps + 3,
+                          on_step=lambda s, v: stamps.__setitem__(s, time.perf_counter()))
+        rate = args.probe_steps / (stamps[args.probe_steps + 3] - stamps[3])
+        steps = max(10, int(rate * budget * 0.97))
+        print(f"[ours] speed probe: {rate:.3f} steps/s -> schedule of {steps} steps for {args.minutes:g} min", flush=True)
+    cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
+    t0 = time.perf_counter()
+    result = train_from_config(cfg, out, config_path=args.config, time_limit_s=budget, progress=True)
+    train_s = time.perf_counter() - t0
+    print(f"[ours] {result.status} after {result.step} steps in {train_s / 60:.1f} min ({result.steps_per_s:.3f} steps/s)", flush=True)
+    model = load_model(out / "model-last.safetensors")
+    t1 = time.perf_counter()
+    probs = [predict_probs(model, it.image, tta=True, device=torch.device("cpu"), precision="fp32")[1] for it in val_items]
+    pred_s = time.perf_counter() - t1
+    res = score(probs, val_items)
+    res.update(train_minutes=train_s / 60, steps=result.step, predict_s=pred_s, setup_s=t0 - t_setup)
+    np.save(Path(args.out) / "ours_probs.npy", np.stack(probs))
+    return res
+
+
+# ------------------------------------------------------------------------------------ MONAI
+
+
+def run_monai(args, train_items, val_items) -> dict:
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import BasicUNet
+
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32))
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    images = [it.image[0] for it in train_items]
+    labels = [(it.target > 0).astype(np.int64) for it in train_items]
+    crop, batch = 256, 4
+    device = torch.device("cpu")
+    precision = "bf16"
+
+    def sample():
+        xs, ys = [], []
+        for _ in range(batch):
+            i = int(rng.integers(len(images)))
+            h, w = images[i].shape
+            y0, x0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+            x = images[i][y0 : y0 + crop, x0 : x0 + crop]
+            y = labels[i][y0 : y0 + crop, x0 : x0 + crop]
+            k = int(rng.integers(4))
+            x, y = np.rot90(x, k), np.rot90(y, k)
+            if rng.random() < 0.5:
+                x, y = x[:, ::-1], y[:, ::-1]
+            if rng.random() < 0.5:
+                x, y = x[::-1], y[::-1]
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
+        return (torch.from_numpy(np.stack(xs)[:, None]).contiguous(memory_format=torch.channels_last),
+                torch.from_numpy(np.stack(ys)[:, None]))
+
+    budget = args.minutes * 60
+    t0 = time.perf_counter()
+    step, losses = 0, []
+    model.train()
+    while time.perf_counter() - t0 < budget:
+        x, y = sample()
+        with runtime.autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        if step % 25 == 0:
+            el = time.perf_counter() - t0
+            print(f"[monai] step {step} loss {np.mean(losses[-25:]):.4f} {step / el:.3f} steps/s {el / 60:.1f} min", flush=True)
+    train_s = time.perf_counter() - t0
+    model.eval()
+
+    def predictor(t):
+        with runtime.autocast(device, precision):
+            return model(t.contiguous(memory_format=torch.channels_last)).float()
+
+    t1 = time.perf_counter()
+    probs = []
+    with torch.no_grad():
+        for it in val_items:
+            acc = None
+            for k in range(8):
+                img = np.ascontiguousarray(_dihedral(it.image[0], k))
+                logits = sliding_window_inference(torch.from_numpy(img)[None, None], (crop, crop), 4, predictor, overlap=0.25, mode="gaussian")
+                p = torch.softmax(logits, 1)[0, 1].numpy()
+                p = _undihedral(p, k)
+                acc = p if acc is None else acc + p
+            probs.append(acc / 8)
+    pred_s = time.perf_counter() - t1
+    res = score(probs, val_items)
+    res.update(train_minutes=train_s / 60, steps=step, predict_s=pred_s)
+    np.save(Path(args.out) / "monai_probs.npy", np.stack(probs))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training wall-clock time of EACH method")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "isbi2012"))
+    ap.add_argument("--config", default=str(REPO / "configs" / "isbi2012-cpu.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override in our recipe (KEY=VALUE)")
+    ap.add_argument("--ours-steps", type=int, default=None, help="schedule length of ours (default: from a speed probe)")
+    ap.add_argument("--probe-steps", type=int, default=12)
+    ap.add_argument("--out", default="/tmp/isbi_vs_monai")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-monai", action="store_true")
+    ap.add_argument("--skip-ours", action="store_true")
+    args = ap.parse_args()
+    runtime.configure_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    train_names = {f"{i:02d}" for i in range(20)}
+    val_names = {f"{i:02d}" for i in range(20, 24)}
+    val_items = load_split(Path(args.data), val_names)
+    print(f"ISBI 2012: train 00-19, evaluate 20-23 ({len(val_items)} sections); {args.minutes:g} min each; "
+          f"{torch.get_num_threads()} threads; bf16 CPU: {runtime.cpu_supports_bf16()}", flush=True)
+    results: dict[str, dict] = {}
+    if not args.skip_ours:
+        results["unetseg"] = run_ours(args, val_items)
+    if not args.skip_monai:
+        results["monai"] = run_monai(args, load_split(Path(args.data), train_names), val_items)
+    print()
+    names = list(results)
+    print(f"{'metric (20-23, 8-fold TTA)':34s}" + "".join(f"{n:>14s}" for n in names))
+    for k in KEYS + ("train_minutes", "steps", "predict_s"):
+        print(f"{k:34s}" + "".join(f"{results[n].get(k, float('nan')):14.5f}" for n in names))
+    if len(names) == 2:
+        a, b = results["unetseg"], results["monai"]
+        wins = [a["pixel_error"] < b["pixel_error"], a["v_rand"] > b["v_rand"], a["warping_error"] < b["warping_error"]]
+        print(f"unetseg/monai ratios: pixel error {a['pixel_error'] / b['pixel_error']:.3f}, "
+              f"1-V_rand {(1 - a['v_rand']) / max(1e-12, 1 - b['v_rand']):.3f}, warping error {a['warping_error'] / max(1e-12, b['warping_error']):.3f}")
+        print("unetseg beats MONAI on all three (pixel error, V_rand, warping error):", all(wins))
+    if "unetseg" in results:
+        r = results["unetseg"]
+        print(f"issue targets: V_rand >= 0.97: {r['v_rand'] >= 0.97}; pixel error <= 0.07: {r['pixel_error'] <= 0.07}")
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Pieces of the training package: schedules, optimisers, checkpoints, config sections."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from unetseg.errors import ConfigError, TrainingError
+from unetseg.models import UNet
+from unetseg.train import (
+    OptimConfig,
+    ScheduleConfig,
+    build_optimizer,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_train_config,
+    lr_factor,
+    save_checkpoint,
+)
+from unetseg.train.loop import StepBatchSampler
+from unetseg.train.optim import clip_gradients
+
+
+def test_warmup_then_schedules():
+    for name in ("constant", "poly", "cosine", "step"):
+        cfg = ScheduleConfig(steps=100, name=name, warmup_steps=10, warmup_start=0.0, step_size=30)
+        ramp = [lr_factor(cfg, s) for s in range(10)]
+        assert ramp == sorted(ramp) and math.isclose(ramp[-1], 1.0) and ramp[0] == pytest.approx(0.1)
+    poly = ScheduleConfig(steps=100, name="poly", power=1.0)
+    assert lr_factor(poly, 0) == 1.0 and lr_factor(poly, 99) == 0.0
+    assert lr_factor(ScheduleConfig(steps=100, name="cosine", min_lr_factor=0.1), 99) == pytest.approx(0.1)
+    ms = ScheduleConfig(steps=100, name="step", milestones=[20, 50], gamma=0.5)
+    assert [lr_factor(ms, s) for s in (19, 20, 49, 50)] == [1.0, 0.5, 0.5, 0.25]
+    with pytest.raises(ConfigError, match="schedule.steps"):
+        ScheduleConfig(steps=0)
+
+
+def test_optimizers_and_clipping():
+    m = torch.nn.Linear(3, 1)
+    assert isinstance(build_optimizer(OptimConfig(name="adamw", lr=1e-3, weight_decay=0.01), m.parameters()), torch.optim.AdamW)
+    sgd = build_optimizer(OptimConfig(), m.parameters())
+    assert sgd.param_groups[0]["momentum"] == 0.99
+    with pytest.raises(ConfigError, match="optim.lr"):
+        build_optimizer(OptimConfig(lr=0), m.parameters())
+    (m(torch.ones(4, 3)) * 1000).sum().backward()
+    before = clip_gradients(m, 1.0)
+    after = clip_gradients(m, None)
+    assert before > 1.0 and after == pytest.approx(1.0, rel=1e-4)
+
+
+def test_step_sampler_gives_each_rank_distinct_samples():
+    r0 = [i for b in StepBatchSampler(0, 5, 2, 0, 2) for i in b]
+    r1 = [i for b in StepBatchSampler(0, 5, 2, 1, 2) for i in b]
+    assert not set(r0) & set(r1)
+    assert list(StepBatchSampler(3, 5, 2)) == [[6, 7], [8, 9]]
+
+
+def _model_opt():
+    torch.manual_seed(0)
+    m = UNet(1, 2, depth=2, base_channels=4)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.randn(1, 1, 44, 44)).sum().backward()
+    opt.step()
+    return m, opt
+
+
+def test_checkpoint_roundtrip_and_keep_last(tmp_path):
+    m, opt = _model_opt()
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, m, opt, state={"history": {"best": step}}, keep_last=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
+    m2, opt2 = UNet(1, 2, depth=2, base_channels=4), None
+    opt2 = torch.optim.Adam(m2.parameters(), lr=5.0)
+    meta = load_checkpoint(latest_checkpoint(tmp_path), m2, opt2)
+    assert meta["step"] == 3 and meta["state"]["history"]["best"] == 3
+    for a, b in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    sa, sb = opt.state_dict(), opt2.state_dict()
+    assert sb["param_groups"][0]["lr"] == 1e-3
+    for k in sa["state"]:
+        for name, v in sa["state"][k].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][k][name])), name
+    # no pickle anywhere: the files are safetensors and JSON
+    folder = latest_checkpoint(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    json.loads((folder / "state.json").read_text())
+
+
+def test_latest_checkpoint_skips_damaged_ones(tmp_path):
+    m, opt = _model_opt()
+    save_checkpoint(tmp_path, 1, m, opt)
+    bad = save_checkpoint(tmp_path, 2, m, opt)
+    (bad / "model.safetensors").write_bytes(b"\x80\x04garbage")
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+    (tmp_path / ".step_00000003.abc.tmp").mkdir()  # a write killed half-way
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+    with pytest.raises(TrainingError, match="unreadable checkpoint"):
+        load_checkpoint(bad, m)
+    other = UNet(1, 2, depth=2, base_channels=8)
+    with pytest.raises(TrainingError, match="does not match the model"):
+        load_checkpoint(latest_checkpoint(tmp_path), other)
+
+
+@pytest.mark.parametrize("name", ["isbi2012.yaml", "isbi2012-cpu.yaml", "hela.yaml"])
+def test_recipes_load(name):
+    from pathlib import Path
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.train_data.path.startswith("../shared/data/")
+    assert cfg.val_data is not None
