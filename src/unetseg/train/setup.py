@@ -52,12 +52,22 @@ def select(items: list[LabeledImage], patterns: list[str] | None, key: str) -> l
     return out
 
 
-def load_split(split: SplitConfig, cfg: TrainConfig, config_path, key: str, *, progress: bool = False) -> list[LabeledImage]:
+def load_split(
+    split: SplitConfig, cfg: TrainConfig, config_path, key: str, *, progress: bool = False, cache: dict | None = None
+) -> list[LabeledImage]:
+    """The selected samples of one split (``cache`` shares one read between splits of a folder)."""
     path = resolve_path(split.path, config_path, f"{key}.path")
     if not path.exists():
         raise InputError(f"{key}.path: {path} does not exist")
     data_cfg = cfg.data if split.labels is None else _with_labels(cfg, split.labels)
-    return select(load_dataset(path, data_cfg, progress=progress), split.select, f"{key}.select")
+    ident = (str(path.resolve()), split.labels)
+    if cache is not None and ident in cache:
+        items = cache[ident]
+    else:
+        items = load_dataset(path, data_cfg, progress=progress)
+        if cache is not None:
+            cache[ident] = items
+    return select(items, split.select, f"{key}.select")
 
 
 def _with_labels(cfg: TrainConfig, labels: str):
@@ -92,10 +102,11 @@ def train_from_config(
 ) -> TrainResult:
     """Load the data of ``cfg``, build its model and train it into the run folder ``out``."""
     info = dist_util.from_env()
-    train_items = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main)
+    cache: dict = {}
+    train_items = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
     val_items: list[LabeledImage] = []
     if cfg.val_data is not None and cfg.val_data.path:
-        val_items = load_split(cfg.val_data, cfg, config_path, "val_data")
+        val_items = load_split(cfg.val_data, cfg, config_path, "val_data", cache=cache)
     target = resolved_target(resolve_path(cfg.train_data.path, config_path, "train_data.path"), cfg.data)
     in_channels = int(train_items[0].image.shape[0])
     args = model_args(cfg, in_channels, target.num_classes)
