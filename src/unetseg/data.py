@@ -71,6 +71,8 @@ __all__ = [
     "discover",
     "load_dataset",
     "make_target",
+    "model_extra",
+    "resolved_target",
     "TileDataset",
     "make_loader",
     "BackgroundLoader",
@@ -640,6 +642,25 @@ def resolved_target(path: str | os.PathLike, cfg: DataConfig | None = None) -> T
         for p in pairs[:4]:
             values.update(int(v) for v in np.unique(read_image_axes(p.label, max_pixels=cfg.max_pixels)[0])[:3])
     return _resolve_kind(cfg.target, layout, values)
+
+
+def model_extra(target: TargetConfig, normalization: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``extra`` dict a run folder's model file stores for inference (project agreement).
+
+    ``target`` should be resolved (see :func:`resolved_target`); instance labels give
+    ``task="instances"`` (prediction then splits the foreground into objects).
+
+    Examples
+    --------
+    >>> model_extra(TargetConfig(kind="binary", foreground_value=255, class_names=("membrane", "cell")))["classes"]
+    ['membrane', 'cell']
+    """
+    return {
+        "normalization": dict(normalization if normalization is not None else _default_norm()),
+        "classes": target.names,
+        "foreground_class": 1,
+        "task": "instances" if target.kind == "instances" else "semantic",
+    }
 
 
 # --------------------------------------------------------------------------------------------
