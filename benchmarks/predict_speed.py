@@ -1,0 +1,216 @@
+"""Inference speed and memory of overlap-tile prediction, all figures side by side in one run.
+
+(a) tiling efficiency: ``predict_image`` on a SIZE x SIZE image versus the same network run on
+    the same tiles already in memory (tiling, mirroring and copy overhead);
+(b) against MONAI ``sliding_window_inference`` (roi 512, Gaussian blending, overlap 0.25 and
+    0.5) running the padded U-Net of the same width (``UNet(padding="same", norm="batch")``):
+    output megapixels per second, unetseg's valid overlap-tile divided by MONAI's;
+(c) peak resident memory (``ru_maxrss`` of a fresh subprocess) while segmenting a BIG x BIG
+    uint8 TIFF from disk to a float32 BigTIFF on disk with ``predict_file``;
+(d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks.
+
+Ends with one JSON line: vs_monai_025, vs_monai_05, tiling_efficiency, peak_rss_gib,
+bf16_speedup (plus bf16_dice and the settings). Run it alone (``flock /tmp/unetseg-bench.lock``);
+timings are the best of ``--repeats`` runs after a warm-up.
+
+    python benchmarks/predict_speed.py --width 16 --size 4096 --big 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unetseg import runtime, tiling
+from unetseg.models import UNet, save
+from unetseg.predict import _read_mirrored, predict_image, probabilities
+
+
+def _image(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth random field with blob-like structure, normalised to [0, 1] (float32)."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((size // 32 + 2, size // 32 + 2)).astype(np.float32)
+    from scipy import ndimage as ndi
+
+    img = ndi.zoom(small, 32, order=1)[:size, :size]
+    img += 0.1 * rng.standard_normal((size, size)).astype(np.float32)
+    img -= img.min()
+    return (img / img.max()).astype(np.float32)
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_tiling(net, img, tile, repeats):
+    """(a): overlap-tile end to end vs the network on the same tiles already in memory."""
+    plan = tiling.plan_tiles(img.shape, tile, depth=net.depth, padding=net.padding)
+    src = img[None]
+    windows = {}
+    for t in plan:
+        w = _read_mirrored(src, 1, list(zip(t.in_start, t.in_stop)))
+        windows.setdefault(t.in_shape, []).append(torch.from_numpy(np.ascontiguousarray(w[None])).contiguous(memory_format=torch.channels_last))
+    fmt = torch.channels_last
+    net.to(memory_format=fmt)
+
+    def net_only():
+        with torch.inference_mode():
+            for xs in windows.values():
+                for x in xs:
+                    probabilities(net(x)).numpy()
+
+    def tiled():
+        predict_image(net, img, tile_shape=tile, channels_last=True)
+
+    tiled()  # warm-up: primitives for every tile shape
+    net_only()
+    # Interleaved, best of each: other processes share the cores, so load drifts during a run.
+    t_tiled, t_net = [], []
+    for _ in range(repeats):
+        t_tiled.append(_best(tiled, 1))
+        t_net.append(_best(net_only, 1))
+    return min(t_net), min(t_tiled), plan
+
+
+def bench_monai(width, img, overlap, repeats, roi=512):
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    net = UNet(1, 2, base_channels=width, padding="same", norm="batch", dropout=0.0).eval()
+    net.to(memory_format=torch.channels_last)
+
+    def predictor(x):
+        return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)), dim=1)
+
+    x = torch.from_numpy(img)[None, None]
+
+    def run():
+        with torch.inference_mode():
+            sliding_window_inference(x, (roi, roi), 1, predictor, overlap=overlap, mode="gaussian")
+
+    with torch.inference_mode():
+        predictor(torch.zeros(1, 1, roi, roi))
+    return _best(run, repeats)
+
+
+_RSS_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    import numpy as np
+    from unetseg.predict import predict_file
+    t = time.perf_counter()
+    predict_file(sys.argv[1], sys.argv[2], sys.argv[3], tile_shape=int(sys.argv[4]), precision="fp32")
+    dt = time.perf_counter() - t
+    print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": dt}))
+    """
+)
+
+
+def bench_rss(width, big, tile, workdir: Path):
+    """(c): disk-to-disk segmentation of a big image in a fresh process; returns (GiB, seconds)."""
+    import tifffile
+
+    run_dir = workdir / "run"
+    run_dir.mkdir()
+    torch.manual_seed(0)
+    save(UNet(1, 2, base_channels=width, dropout=0.0), run_dir, extra={"normalization": {"method": "percentile", "low": 1, "high": 99.8}, "foreground_class": 1})
+    src = workdir / "big.tif"
+    rows = 1024
+    rng = np.random.default_rng(0)
+    with tifffile.TiffWriter(src, bigtiff=True) as tw:  # written in strips: never the whole image in RAM
+        def strips():
+            for y in range(0, big, rows):
+                yield rng.integers(0, 255, (min(rows, big - y), big), dtype=np.uint8)
+
+        tw.write(strips(), shape=(big, big), dtype=np.uint8, rowsperstrip=rows)
+    out = workdir / "big_prob.tif"
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(run_dir), str(src), str(out), str(tile)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"RSS child failed: {proc.stderr[-2000:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].shape == (big, big)
+    return info["maxrss_kib"] / 2**20, info["seconds"]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * inter / total)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=16, help="base channels of every network compared")
+    ap.add_argument("--size", type=int, default=4096, help="side of the in-memory test image")
+    ap.add_argument("--tile", type=int, default=1028, help="output tile side of unetseg (valid U-Net)")
+    ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
+    ap.add_argument("--bf16-size", type=int, default=2048, help="side of the image for the bf16 comparison")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each figure (best is kept)")
+    args = ap.parse_args(argv)
+    runtime.configure_threads()
+    print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  bf16-native-cpu {runtime.cpu_supports_bf16()}", flush=True)
+
+    torch.manual_seed(0)
+    net = UNet(1, 2, base_channels=args.width, dropout=0.0).eval()
+    img = _image(args.size)
+    mpx = img.size / 1e6
+
+    t_net, t_tiled, plan = bench_tiling(net, img, args.tile, args.repeats)
+    eff = t_net / t_tiled
+    print(f"(a) {args.size}^2, width {args.width}, {len(plan)} tiles of <= {args.tile} px (plan efficiency {plan.efficiency:.3f}): "
+          f"overlap-tile {t_tiled:.1f} s ({mpx / t_tiled:.3f} Mpx/s), network alone on the same tiles {t_net:.1f} s "
+          f"-> tiling efficiency {eff:.3f}", flush=True)
+
+    t_m25 = bench_monai(args.width, img, 0.25, args.repeats)
+    print(f"(b) MONAI sliding_window_inference roi 512 gaussian overlap 0.25: {t_m25:.1f} s ({mpx / t_m25:.3f} Mpx/s) -> unetseg {t_m25 / t_tiled:.2f}x", flush=True)
+    t_m50 = bench_monai(args.width, img, 0.5, args.repeats)
+    print(f"(b) MONAI sliding_window_inference roi 512 gaussian overlap 0.50: {t_m50:.1f} s ({mpx / t_m50:.3f} Mpx/s) -> unetseg {t_m50 / t_tiled:.2f}x", flush=True)
+
+    small = img[: args.bf16_size, : args.bf16_size]
+    fp32 = predict_image(net, small, tile_shape=args.tile, precision="fp32")
+    t32 = _best(lambda: predict_image(net, small, tile_shape=args.tile, precision="fp32"), args.repeats)
+    bf = predict_image(net, small, tile_shape=args.tile, precision="bf16")
+    t16 = _best(lambda: predict_image(net, small, tile_shape=args.tile, precision="bf16"), args.repeats)
+    d = dice(fp32[1] > 0.5, bf[1] > 0.5)
+    print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)
+
+    rss = None
+    if args.big:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("UNETSEG_BENCH_TMP")) as tmp:
+            rss, secs = bench_rss(args.width, args.big, args.tile, Path(tmp))
+        print(f"(c) {args.big}^2 uint8 TIFF -> float32 BigTIFF on disk, width {args.width}: peak RSS {rss:.2f} GiB in {secs:.0f} s", flush=True)
+    print(f"    (this process: ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)", flush=True)
+    print(json.dumps({
+        "vs_monai_025": round(t_m25 / t_tiled, 3),
+        "vs_monai_05": round(t_m50 / t_tiled, 3),
+        "tiling_efficiency": round(eff, 3),
+        "peak_rss_gib": None if rss is None else round(rss, 3),
+        "bf16_speedup": round(t32 / t16, 3),
+        "bf16_dice": round(d, 4),
+        "width": args.width,
+        "size": args.size,
+        "tile": args.tile,
+        "big": args.big,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
