@@ -162,7 +162,7 @@ class _Runner:
         param = next(model.parameters(), None)
         if param is not None and param.device != device:
             model.to(device)
-        if channels_last:
+        if channels_last and not _weights_in_format(model, self.fmt):
             model.to(memory_format=self.fmt)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -176,6 +176,15 @@ class _Runner:
                 total = p if total is None else total + p
         total = total / len(transforms)
         return total.to("cpu", torch.float32).contiguous().numpy()
+
+
+def _weights_in_format(model: nn.Module, fmt: torch.memory_format) -> bool:
+    """Whether every convolution weight already has ``fmt`` (so threads sharing the model never
+    convert it while another runs it)."""
+    for p in model.parameters():
+        if p.dim() in (4, 5) and not p.is_contiguous(memory_format=fmt):
+            return False
+    return True
 
 
 def _resolve_channels_last(channels_last: bool | str, device: torch.device, dims: int) -> bool:
@@ -493,6 +502,8 @@ def predict_dask(
         )
         return out
 
+    # Prepare the model once here: the blocks run in parallel threads sharing it.
+    _Runner(model, resolve_device(device), resolve_precision(precision, resolve_device(device)), tta, _resolve_channels_last("auto", resolve_device(device), dims))
     depth = {0: 0, **{i: context for i in range(1, dims + 1)}}
     return padded.map_overlap(block_fn, depth=depth, boundary="none", trim=False, dtype=np.float32, chunks=out_chunks, meta=np.empty((0,) * (dims + 1), np.float32))
 
