@@ -397,3 +397,14 @@ def test_cli_on_real_hela_lzw_tiffs(tmp_path, run_dir, hela_dir):
     for f in files:
         labels = tifffile.imread(out / f.name)
         assert labels.shape == tifffile.imread(f).shape and labels.dtype in (np.uint16, np.uint32)
+
+
+def test_cli_dask_scheduler_address(tmp_path, run_dir):
+    from distributed import LocalCluster
+
+    img = np.random.default_rng(3).integers(0, 255, (70, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        code = main(["predict", "--model", str(run_dir), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o"), "--tile", "52", "--dask-scheduler", cluster.scheduler_address])
+    assert code == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "o" / "x.tif"), _expected(run_dir, img), atol=1e-5)
