@@ -408,3 +408,18 @@ def test_cli_dask_scheduler_address(tmp_path, run_dir):
         code = main(["predict", "--model", str(run_dir), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o"), "--tile", "52", "--dask-scheduler", cluster.scheduler_address])
     assert code == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "o" / "x.tif"), _expected(run_dir, img), atol=1e-5)
+
+
+def test_predict_file_rgb_png_with_three_channel_model(tmp_path):
+    from PIL import Image
+
+    net = _net(in_channels=3, num_classes=3, base=2)
+    rgb = np.random.default_rng(4).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    out = predict_file(net, tmp_path / "c.png", tmp_path / "c.tif", tile_shape=36, normalization={"method": "dtype"})
+    got = tifffile.imread(out)
+    assert got.shape == (3, 40, 50)  # more than 2 classes: every class map
+    ref = predict_image(net, np.moveaxis(rgb, -1, 0).astype(np.float32) / 255, tile_shape=36)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    mask = predict_file(net, tmp_path / "c.png", tmp_path / "m.tif", output="mask", tile_shape=36, normalization={"method": "dtype"})
+    np.testing.assert_array_equal(tifffile.imread(mask), ref.argmax(0))
