@@ -188,9 +188,14 @@ def as_probability(pred: np.ndarray, name: str = "prediction") -> np.ndarray:
         raise InputError(f"{name}: expected a float probability map, got {arr.dtype}")
     if arr.size and not np.all(np.isfinite(arr)):
         raise InputError(f"{name}: probability map holds NaN or Inf")
-    if arr.size and (arr.min() < 0 or arr.max() > 1):
+    if arr.size and (arr.min() < -_TOLERANCE or arr.max() > 1 + _TOLERANCE):
         raise InputError(f"{name}: probability map outside [0, 1] (min {arr.min():g}, max {arr.max():g}); expected cell probabilities")
+    if arr.size and (arr.min() < 0 or arr.max() > 1):  # rounding noise of a softmax: clip
+        arr = np.clip(arr, 0, 1).astype(arr.dtype, copy=False)
     return arr
+
+
+_TOLERANCE = 1e-6
 
 
 def _best(values, thresholds, mode: str) -> tuple[float, float]:
