@@ -107,6 +107,17 @@ def test_isbi_best_threshold_is_chosen_from_the_sweep():
     assert len(m["per_image"]) == 2
 
 
+def test_isbi_custom_thresholds_for_quick_validation():
+    prob, gt = small_isbi(np.random.default_rng(4), z=1)
+    m = evaluate_isbi2012(prob, gt, thresholds=[0.5], thresholds_thinned=[0.5])
+    assert m["warping_error"]["threshold"] == 0.5 and m["v_rand"]["threshold"] == 0.5
+    full = evaluate_isbi2012(prob, gt)
+    i = full["curves"]["thresholds"].index(0.5)
+    assert m["warping_error"]["value"] == full["curves"]["warping_error"][i]
+    with pytest.raises(InputError):
+        evaluate_isbi2012(prob, gt, thresholds=[])
+
+
 def test_isbi_integer_maps_are_scaled_and_out_of_range_maps_refused():
     _, gt = small_isbi(np.random.default_rng(2), z=1)
     assert evaluate_isbi2012(gt, gt)["pixel_error"]["value"] == 0.0  # uint8 0/255 map

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,14 @@ def _progress(iterable, enabled: bool, desc: str):
 # --------------------------------------------------------------------------- isbi2012
 
 
-def evaluate_isbi2012(prob_stack, gt_stack, *, progress: bool = False) -> dict:
+def evaluate_isbi2012(
+    prob_stack,
+    gt_stack,
+    *,
+    progress: bool = False,
+    thresholds: Sequence[float] | None = None,
+    thresholds_thinned: Sequence[float] | None = None,
+) -> dict:
     """The ISBI 2012 protocol on a stack of cell-probability maps against 0/255 labels.
 
     Parameters
@@ -242,6 +250,10 @@ def evaluate_isbi2012(prob_stack, gt_stack, *, progress: bool = False) -> dict:
         Same shape; 0 = membrane, nonzero = cell.
     progress : bool
         Show a progress bar over thresholds.
+    thresholds, thresholds_thinned : sequences of float, optional
+        Override the sweeps (default: the challenge's 0.0 ... 0.9 and 0.0 ... 1.0). A short
+        list such as ``[0.5]`` gives a quick validation score during training; such numbers
+        are not comparable with the challenge's.
 
     Returns
     -------
@@ -252,8 +264,10 @@ def evaluate_isbi2012(prob_stack, gt_stack, *, progress: bool = False) -> dict:
     gt = _as_stack(gt_stack, "ground truth")
     _check_pair(prob, gt)
     z = prob.shape[0]
-    th10 = isbi_thresholds(0.9)
-    th11 = isbi_thresholds(1.0)
+    th10 = isbi_thresholds(0.9) if thresholds is None else [float(t) for t in thresholds]
+    th11 = isbi_thresholds(1.0) if thresholds_thinned is None else [float(t) for t in thresholds_thinned]
+    if not th10 or not th11:
+        raise InputError("threshold lists must not be empty")
     gt_fg = [g > 0 for g in gt]
     gt_lab = [label4(g)[0] for g in gt_fg]
 
