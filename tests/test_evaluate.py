@@ -239,3 +239,17 @@ def test_cli_evaluate_ctc_and_user_errors(tmp_path, capsys):
     assert "differ in shape" in capsys.readouterr().err
     rc = main(["evaluate", "--pred", str(tmp_path / "missing.tif"), "--gt", str(tmp_path / "gt.tif"), "--protocol", "ctc", "--out", str(tmp_path / "o")])
     assert rc == 1
+
+
+def test_evaluate_to_folder_for_demo_and_training(tmp_path):
+    from unetseg.evaluate import evaluate_to_folder
+
+    gt = np.zeros((2, 12, 12), np.uint8)
+    gt[:, 2:7, 2:7] = 1
+    gt[:, 8:11, 8:11] = 1
+    prob = np.where(gt > 0, 0.9, 0.1).astype(np.float32)
+    m = evaluate_to_folder("instances", prob, gt, tmp_path, images=gt * 100, names=["a", "b"], extra={"run": "x"})
+    assert m["f1"]["value"] == 1.0 and m["run"] == "x"
+    assert {p.name for p in tmp_path.iterdir()} >= {"metrics.json", "metrics.csv", "report.html", "figures"}
+    with pytest.raises(InputError, match="images"):
+        evaluate_to_folder("binary", prob, gt, tmp_path, images=gt[:1])

@@ -645,3 +645,67 @@ def format_table(metrics: dict) -> str:
         t = "" if threshold is None or not np.isfinite(threshold) else f"{threshold:.6g}"
         lines.append(f"{name:<{width}}  {v:>12}  {t}")
     return "\n".join(lines)
+
+
+def evaluate_to_folder(
+    protocol: str,
+    pred,
+    gt,
+    out_dir,
+    *,
+    images=None,
+    names: Sequence[str] | None = None,
+    report: bool = True,
+    max_report_images: int = 12,
+    progress: bool = False,
+    extra: dict | None = None,
+) -> dict:
+    """Evaluate and write ``metrics.json``, ``metrics.csv`` and (optionally) ``report.html``.
+
+    What ``unetseg evaluate`` does, as one call for the demo and for training. ``pred``,
+    ``gt`` and ``images`` are arrays (``(Z, Y, X)`` or 2D) or paths; ``extra`` is merged
+    into the metrics dictionary before writing (for example the inputs' names).
+
+    Returns
+    -------
+    dict
+        The metrics, as written to ``metrics.json`` (before NaN became ``null``).
+    """
+    pred_arr = _as_stack(pred, "prediction")
+    gt_arr = _as_stack(gt, "ground truth")
+    _check_pair(pred_arr, gt_arr)
+    img_arr = None
+    if images is not None and report:
+        img_arr = _as_stack(images, "images")
+        if img_arr.shape != pred_arr.shape:
+            raise InputError(f"images: shape {img_arr.shape} differs from the predictions' {pred_arr.shape} (Z, Y, X)")
+    metrics = run_protocol(protocol, pred_arr, gt_arr, progress=progress)
+    if extra:
+        metrics.update(extra)
+    write_metrics(out_dir, metrics)
+    if report:
+        from .report import write_report
+
+        error_maps, th = None, None
+        if protocol == "isbi2012":
+            th = metrics["warping_error_splits_mergers"]["threshold"]
+            n = min(len(pred_arr), max_report_images)
+            if np.isfinite(th):
+                error_maps = isbi_error_maps(pred_arr[:n], gt_arr[:n], th)
+        elif protocol == "binary":
+            th = metrics["dice"]["threshold"]
+        elif protocol == "instances":
+            th = metrics["f1"]["threshold"]
+        write_report(
+            out_dir,
+            metrics,
+            img_arr,
+            gt_arr,
+            pred_arr,
+            names=names,
+            error_maps=error_maps,
+            pred_threshold=th,
+            title=f"unetseg evaluate ({protocol})",
+            max_images=max_report_images,
+        )
+    return metrics

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from ..evaluate import PROTOCOLS, format_table, isbi_error_maps, load_stack, run_protocol, stack_names, write_metrics
 from ..errors import InputError
+from ..evaluate import PROTOCOLS, evaluate_to_folder, format_table, load_stack, stack_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     start = time.perf_counter()
     pred = load_stack(args.pred)
     gt = load_stack(args.gt)
@@ -41,35 +40,22 @@ def run(args: argparse.Namespace) -> int:
     images = load_stack(args.image) if (args.image and not args.no_report) else None
     if images is not None and images.shape != pred.shape:
         raise InputError(f"{args.image}: shape {images.shape} differs from the predictions' {pred.shape} (Z, Y, X)")
-    metrics = run_protocol(args.protocol, pred, gt, progress=True)
-    metrics["inputs"] = {"pred": str(args.pred), "gt": str(args.gt), "image": args.image}
+    if args.max_report_images < 0:
+        raise InputError(f"--max-report-images must be >= 0, got {args.max_report_images}")
     out = Path(args.out)
-    json_path, csv_path = write_metrics(out, metrics)
-    report = None
-    if not args.no_report:
-        from ..report import write_report
-
-        error_maps, th = None, None
-        if args.protocol == "isbi2012":
-            th = metrics["warping_error_splits_mergers"]["threshold"]
-            n = min(len(pred), args.max_report_images)
-            error_maps = isbi_error_maps(pred[:n], gt[:n], th)
-        elif args.protocol == "binary":
-            th = metrics["dice"]["threshold"]
-        elif args.protocol == "instances":
-            th = metrics["f1"]["threshold"]
-        report = write_report(
-            out,
-            metrics,
-            images,
-            gt,
-            pred,
-            names=stack_names(args.pred, len(pred)),
-            error_maps=error_maps,
-            pred_threshold=th,
-            title=f"unetseg evaluate ({args.protocol})",
-            max_images=args.max_report_images,
-        )
+    metrics = evaluate_to_folder(
+        args.protocol,
+        pred,
+        gt,
+        out,
+        images=images,
+        names=stack_names(args.pred, len(pred)),
+        report=not args.no_report,
+        max_report_images=args.max_report_images,
+        progress=True,
+        extra={"inputs": {"pred": str(args.pred), "gt": str(args.gt), "image": args.image}},
+    )
     print(format_table(metrics))
-    print(f"wrote {json_path}, {csv_path}" + (f", {report}" if report else "") + f" in {time.perf_counter() - start:.1f} s")
+    written = ["metrics.json", "metrics.csv"] + ([] if args.no_report else ["report.html"])
+    print(f"wrote {', '.join(str(out / w) for w in written)} in {time.perf_counter() - start:.1f} s")
     return 0
