@@ -243,3 +243,26 @@ def test_mean_ap_dsb():
     # t in 0.50..0.70: both match (AP 1); t >= 0.75 (IoU > t fails at 0.75): AP = 1/3
     assert mean_ap(gt, pred) == pytest.approx((5 * 1.0 + 5 * (1 / 3)) / 10)
     assert mean_ap([gt, gt], [gt, pred]) == pytest.approx((1 + (5 + 5 / 3) / 10) / 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(gt=labels_st, data=st.data())
+def test_predicted_zero_equals_unique_labels_for_rand_and_info(gt, data):
+    pred = data.draw(arrays(np.int64, gt.shape, elements=st.integers(0, 3)))
+    expanded = pred.copy()
+    zeros = expanded == 0
+    expanded[zeros] = 100 + np.arange(np.count_nonzero(zeros))
+    assert rand_scores(gt, pred).v_rand == pytest.approx(rand_scores(gt, expanded).v_rand, nan_ok=True)
+    assert v_info(gt, pred).v_info == pytest.approx(v_info(gt, expanded).v_info, nan_ok=True, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=labels_st, data=st.data())
+def test_classic_rand_index_equals_brute_force(a, data):
+    b = data.draw(arrays(np.int64, a.shape, elements=st.integers(0, 3)))
+    if a.size < 2:
+        return
+    x, y = a.ravel(), b.ravel()
+    iu = np.triu_indices(x.size, 1)
+    agree = (x[:, None] == x[None, :]) == (y[:, None] == y[None, :])
+    assert rand_index(a, b) == pytest.approx(agree[iu].mean(), rel=1e-12)
