@@ -253,3 +253,11 @@ def test_evaluate_to_folder_for_demo_and_training(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} >= {"metrics.json", "metrics.csv", "report.html", "figures"}
     with pytest.raises(InputError, match="images"):
         evaluate_to_folder("binary", prob, gt, tmp_path, images=gt[:1])
+
+
+def test_float_masks_with_values_above_one_are_masks_not_probabilities():
+    gt = np.zeros((1, 6, 6), np.uint8)
+    gt[0, 1:4, 1:4] = 255
+    m = evaluate_binary(gt.astype(np.float32), gt)
+    assert m["dice"] == {"value": 1.0, "threshold": None}
+    assert evaluate_instances(gt.astype(np.float32), gt)["f1"]["value"] == 1.0

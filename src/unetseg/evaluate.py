@@ -393,6 +393,14 @@ def isbi_error_maps(prob_stack, gt_stack, threshold: float) -> list[np.ndarray]:
 # --------------------------------------------------------------------------- instances
 
 
+def _is_probability(arr: np.ndarray) -> bool:
+    """Float arrays are probability maps unless they hold integers above 1 (labels as float)."""
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return False
+    return not (arr.size and arr.max() > 1 and np.all(arr == np.round(arr)))
+
+
 def as_instances(arr: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Instance labels from labels (as they are), a binary mask or a probability map.
 
@@ -406,10 +414,9 @@ def as_instances(arr: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """
     arr = np.asarray(arr)
     if np.issubdtype(arr.dtype, np.floating):
-        if np.all(arr == np.round(arr)) and (arr.size == 0 or arr.max() > 1):
-            arr = arr.astype(np.int64)
-        else:
+        if _is_probability(arr):
             return label4(binarize(arr, threshold))[0]
+        arr = arr.astype(np.int64)
     if arr.dtype == bool or len(np.unique(arr[arr != 0])) <= 1:
         return label4(arr != 0)[0]
     if arr.size and arr.min() < 0:
@@ -462,7 +469,7 @@ def evaluate_binary(pred, gt) -> dict:
     gt = _as_stack(gt, "ground truth")
     _check_pair(pred, gt)
     gt_fg = gt != 0
-    if np.issubdtype(pred.dtype, np.floating):
+    if _is_probability(pred):
         prob = as_probability(pred)
         thresholds = isbi_thresholds(0.9)
         masks = lambda th: [binarize(p, th) for p in prob]  # noqa: E731
@@ -504,8 +511,7 @@ def evaluate_instances(pred, gt, *, iou_threshold: float = 0.5) -> dict:
     gt = _as_stack(gt, "ground truth")
     _check_pair(pred, gt)
     gts = [as_instances(g) for g in gt]
-    floating = np.issubdtype(pred.dtype, np.floating) and not (np.all(pred == np.round(pred)) and pred.max() > 1)
-    thresholds = isbi_thresholds(0.9) if floating else [None]
+    thresholds = isbi_thresholds(0.9) if _is_probability(pred) else [None]
     curve_f1, results = [], []
     for th in thresholds:
         preds = [as_instances(p, 0.5 if th is None else th) for p in pred]
