@@ -166,3 +166,39 @@ def test_classification_of_edge_pixels_skips_out_of_image_neighbours():
     warped[1, :] = True
     # (0, 1) is background with one object below: hole addition, like the reference
     assert classify_mismatches(warped, np.array([[0, 1]])).tolist() == [HOLE_ADDITION]
+
+
+def brute_force_classes(warped: np.ndarray, mismatches: np.ndarray) -> list[int]:
+    """The reference classification, relabelling the whole image for every split candidate."""
+    lab, _ = ndimage.label(warped, FOUR)
+    h, w = warped.shape
+    out = []
+    for y, x in mismatches:
+        nb = [int(lab[y + dy, x + dx]) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy or dx) and 0 <= y + dy < h and 0 <= x + dx < w]
+        ids = set(nb)
+        centre = lab[y, x]
+        if ids == {0}:
+            out.append(0x8 if centre else 0x10)
+        elif len(ids) == 1:
+            out.append(HOLE_ADDITION if centre else 0x20)
+        elif len(ids) == 2:
+            if not centre:
+                out.append(HOLE_ADDITION)
+            else:
+                flipped = warped.copy()
+                flipped[y, x] = False
+                lab2, _ = ndimage.label(flipped, FOUR)
+                ids2 = {int(lab2[y + dy, x + dx]) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy or dx) and 0 <= y + dy < h and 0 <= x + dx < w}
+                out.append(SPLIT if len(ids2) > 2 else 0x20)
+        else:
+            out.append(SPLIT if centre else MERGE)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000), density=st.sampled_from([0.3, 0.5, 0.7]))
+def test_vectorised_classification_equals_whole_image_relabelling(seed, density):
+    rng = np.random.default_rng(seed)
+    warped = rng.random((14, 17)) < density
+    pts = np.argwhere(np.ones_like(warped))  # classify every pixel, edges included
+    assert classify_mismatches(warped, pts).tolist() == brute_force_classes(warped, pts)
