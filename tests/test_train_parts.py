@@ -112,3 +112,34 @@ def test_recipes_load(name):
     cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.train_data.path.startswith("../shared/data/")
     assert cfg.val_data is not None
+
+
+def test_progress_plain_lines_without_terminal(caplog):
+    import io
+    import logging
+
+    from unetseg.train.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="unetseg.train")
+    p = Progress(10, 0, enabled=True, every_s=0.0, stream=io.StringIO())
+    assert p.bar is None
+    p.update(5, 0.5, 1e-3)
+    p.close()
+    assert "step 5/10  loss 0.5000  lr 1.00e-03" in caplog.text and "steps/s  ETA" in caplog.text
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from unetseg.train.progress import Progress
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = TTY()
+    p = Progress(10, 2, enabled=True, stream=s)
+    assert p.bar is not None
+    p.update(4, 0.25, 1e-3)
+    p.close()
+    assert "loss=0.2500" in s.getvalue()
