@@ -271,7 +271,8 @@ def evaluate_isbi2012(
     gt_fg = [g > 0 for g in gt]
     gt_lab = [label4(g)[0] for g in gt_fg]
 
-    pe, f1, vr_pooled, rand_classic, we, wsm = [], [], [], [], [], []
+    pe, f1, vr_pooled, vr_pooled_merge, vr_pooled_split, rand_classic, we, wsm = [], [], [], [], [], [], [], []
+    n_merge, n_split = [], []
     per_pe = np.zeros((len(th10), z))
     per_we = np.zeros((len(th10), z))
     per_wsm = np.zeros((len(th10), z))
@@ -279,6 +280,7 @@ def evaluate_isbi2012(
         counts = PixelCounts(0, 0, 0, 0)
         pairs = RandPairs(0.0, 0.0, 0.0, 0)
         ri = []
+        merges = splits = 0
         for k in range(z):
             b = binarize(prob[k], th)
             c = pixel_counts(gt_fg[k], b)
@@ -290,9 +292,16 @@ def evaluate_isbi2012(
             w = warping_error(gt_fg[k], prob[k], th)
             per_we[ti, k] = w.error
             per_wsm[ti, k] = w.splits_mergers_error
+            merges += w.counts["merge"]
+            splits += w.counts["split"]
         pe.append(counts.error)
         f1.append(counts.f1)
-        vr_pooled.append(pairs.scores().v_rand)
+        scores = pairs.scores()
+        vr_pooled.append(scores.v_rand)
+        vr_pooled_merge.append(scores.merge)
+        vr_pooled_split.append(scores.split)
+        n_merge.append(merges)
+        n_split.append(splits)
         rand_classic.append(1.0 - float(np.mean(ri)))
         we.append(float(per_we[ti].mean()))
         wsm.append(float(per_wsm[ti].mean()))
@@ -354,9 +363,13 @@ def evaluate_isbi2012(
         "pixel_error": pe,
         "pixel_f1": f1,
         "v_rand_before_thinning_pooled": vr_pooled,
+        "v_rand_before_thinning_merge": vr_pooled_merge,
+        "v_rand_before_thinning_split": vr_pooled_split,
         "rand_error_classic": rand_classic,
         "warping_error": we,
         "warping_error_splits_mergers": wsm,
+        "warping_merge_pixels": n_merge,
+        "warping_split_pixels": n_split,
         "thresholds_thinned": th11,
         "v_rand": vr,
         "v_rand_merge": vr_merge,

@@ -129,6 +129,7 @@ def plot_curves(path: Path, metrics: dict) -> Path | None:
 
     panels = []
     for xkey, xs, ys in groups:
+        ys = {k: v for k, v in ys.items() if not k.endswith("_pixels")}  # counts: in metrics.json only
         small = {k: v for k, v in ys.items() if "warping" in k}
         rest = {k: v for k, v in ys.items() if k not in small}
         for sub in (rest, small):
