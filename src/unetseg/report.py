@@ -271,7 +271,9 @@ def write_report(
     notes = metrics.get("notes") or {}
     notes_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in notes.items())
     legend = (
-        "Contours: <span style='color:#00dc00'>ground truth</span>, <span style='color:#ff00ff'>prediction</span>. "
+        "Contours: <span style='color:#00dc00'>ground truth</span>, <span style='color:#ff00ff'>prediction</span>"
+        + (f" (probability maps binarised at th = {th:.6g})" if pred_threshold is not None else "")
+        + ". "
         + (
             "Error map: <span style='color:#ff2828'>false merges</span>, <span style='color:#2878ff'>false splits</span>, "
             "<span style='color:#ffc800'>other topological mismatches</span> (warping error at the best splits-and-mergers threshold)."
