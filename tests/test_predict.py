@@ -423,3 +423,15 @@ def test_predict_file_rgb_png_with_three_channel_model(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
     mask = predict_file(net, tmp_path / "c.png", tmp_path / "m.tif", output="mask", tile_shape=36, normalization={"method": "dtype"})
     np.testing.assert_array_equal(tifffile.imread(mask), ref.argmax(0))
+
+
+def test_training_model_is_handed_back_in_training_mode():
+    torch.manual_seed(0)
+    net = UNet(1, 2, base_channels=2, dropout=0.5)
+    net.train()
+    img = np.random.default_rng(5).normal(size=(30, 30)).astype(np.float32)
+    a = predict_image(net, img, tile_shape=20)
+    b = predict_image(net, img, tile_shape=20)
+    np.testing.assert_array_equal(a, b)  # dropout off while predicting
+    assert net.training
+    assert all(p.is_contiguous() for p in net.parameters())

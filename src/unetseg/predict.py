@@ -262,7 +262,22 @@ def predict_into(
     if tile_shape is None:
         tile_shape = auto_tile_shape(model, memory_budget=memory_budget, batch_size=bs, device=dev, bytes_per_value=bytes_per_value)
     plan = tiling.plan_tiles(shape, tile_shape, depth=int(model.depth), padding=model.padding, margin=margin)
-    runner = _Runner(model, dev, precision, tta, _resolve_channels_last(channels_last, dev, dims))
+    was_training = model.training
+    use_cl = _resolve_channels_last(channels_last, dev, dims)
+    converted = use_cl and not _weights_in_format(model, memory_format(dev, dims))
+    runner = _Runner(model, dev, precision, tta, use_cl)
+    try:
+        _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset)
+    finally:
+        if was_training:  # called from a training loop: hand the model back as it came
+            model.train()
+            if converted:
+                model.to(memory_format=torch.contiguous_format)
+    return plan
+
+
+def _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset) -> None:
+    bs = int(batch_size or 1)
     num_classes = int(getattr(model, "num_classes", 1))
     pre = preprocess or (lambda w: w.astype(np.float32, copy=False))
     bar = _progress_bar(progress, len(plan))
@@ -297,7 +312,6 @@ def predict_into(
             target[(slice(None), *region)] = result
     if bar is not None and progress is True:
         bar.close()
-    return plan
 
 
 def _progress_bar(progress: bool | Any, total: int):
