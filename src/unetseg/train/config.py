@@ -137,6 +137,9 @@ class RuntimeConfig:
         Write a metrics line every this many steps.
     progress_every_s : float
         Without a terminal, a plain progress line every this many seconds.
+    max_minutes : float, optional
+        Stop (checkpoint, final validation, model written) after this much wall-clock time even
+        if ``schedule.steps`` are not done (``unetseg train --minutes`` overrides it).
     debug_nan_at_step : int, optional
         Testing hook: replace the loss by NaN at this step.
     """
@@ -149,6 +152,7 @@ class RuntimeConfig:
     seed: int = 0
     log_every: int = 10
     progress_every_s: float = 30.0
+    max_minutes: float | None = None
     debug_nan_at_step: int | None = None
 
 

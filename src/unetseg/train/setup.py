@@ -122,6 +122,8 @@ def train_from_config(
         raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile for this model ({exc})") from exc
     if real_out != out_shape:
         raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile; the nearest valid one is {list(real_out)}")
+    if time_limit_s is None and cfg.runtime.max_minutes is not None:
+        time_limit_s = cfg.runtime.max_minutes * 60
     samp = cfg.sampling
     train_set = TileDataset(
         train_items,
