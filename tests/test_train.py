@@ -136,8 +136,11 @@ def test_resume_is_exact(tmp_path):
     assert np.allclose(la, lb, atol=1e-6)
 
 
-def test_resume_with_adam_and_workers_is_exact(tmp_path):
-    cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 5, "num_workers": 1, "channels_last": False})
+def test_resume_with_adam_batchnorm_and_workers_is_exact(tmp_path):
+    cfg = tiny_cfg(
+        runtime={"device": "cpu", "precision": "fp32", "seed": 5, "num_workers": 1, "channels_last": False},
+        model={"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4, "norm": "batch"}},
+    )
     _, _ = _run(tmp_path / "full", cfg)
     _run(tmp_path / "part", cfg, stop_after=5)
     _run(tmp_path / "part", cfg, resume=True)
