@@ -202,3 +202,17 @@ def test_vectorised_classification_equals_whole_image_relabelling(seed, density)
     warped = rng.random((14, 17)) < density
     pts = np.argwhere(np.ones_like(warped))  # classify every pixel, edges included
     assert classify_mismatches(warped, pts).tolist() == brute_force_classes(warped, pts)
+
+
+@pytest.mark.data
+def test_real_isbi_label_shifted_by_one_pixel_has_zero_warping_error(isbi_dir):
+    from unetseg.io import read_image
+
+    gt = read_image(isbi_dir / "labels" / "00.png")
+    shifted = np.roll(gt, 1, axis=1)
+    shifted[:, :1] = gt[:, :1]
+    prob = shifted.astype(np.float32) / 255
+    assert np.mean((prob > 0.5) != (gt > 0)) > 0.04  # 4 % of pixels differ
+    assert warping_error(gt, prob, 0.5).error == 0.0
+    shifted3 = np.roll(gt, 3, axis=1)  # a 3-pixel displacement leaves residual mismatches
+    assert warping_error(gt, shifted3.astype(np.float32) / 255, 0.5).error > 0
