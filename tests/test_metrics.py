@@ -266,3 +266,17 @@ def test_classic_rand_index_equals_brute_force(a, data):
     iu = np.triu_indices(x.size, 1)
     agree = (x[:, None] == x[None, :]) == (y[:, None] == y[None, :])
     assert rand_index(a, b) == pytest.approx(agree[iu].mean(), rel=1e-12)
+
+
+def test_skimage_cross_check_on_a_fixed_case():
+    from skimage.metrics import adapted_rand_error
+
+    pred = np.array([[1, 1, 0, 0, 2, 2], [1, 1, 2, 0, 2, 2], [0, 0, 0, 0, 2, 2], [3, 3, 0, 0, 2, 2]])
+    single = pred.copy()
+    single[pred == 0] = 100 + np.arange(np.count_nonzero(pred == 0))
+    are, _, _ = adapted_rand_error(GT, single, ignore_labels=(0,))
+    ours = rand_scores(GT, pred, self_pairs=False).v_rand
+    assert 0.5 < ours < 1.0
+    assert 1 - are == pytest.approx(ours, abs=1e-12)
+    # with self-pairs (the ISBI normalisation) the number differs
+    assert rand_scores(GT, pred).v_rand != pytest.approx(ours)
