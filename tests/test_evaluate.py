@@ -261,3 +261,16 @@ def test_float_masks_with_values_above_one_are_masks_not_probabilities():
     m = evaluate_binary(gt.astype(np.float32), gt)
     assert m["dice"] == {"value": 1.0, "threshold": None}
     assert evaluate_instances(gt.astype(np.float32), gt)["f1"]["value"] == 1.0
+
+
+def test_isbi_warns_about_an_inverted_map():
+    _, gt = small_isbi(np.random.default_rng(5), z=1)
+    m = evaluate_isbi2012(1.0 - gt / 255.0, gt, thresholds=[0.5], thresholds_thinned=[0.5])
+    assert "inverted" in m["warnings"][0]
+    assert "warnings" not in evaluate_isbi2012(gt / 255.0, gt, thresholds=[0.5], thresholds_thinned=[0.5])
+
+
+def test_isbi_warns_about_an_inverted_soft_map():
+    prob, gt = small_isbi(np.random.default_rng(6), z=1)
+    m = evaluate_isbi2012(1.0 - prob, gt, thresholds=[0.0, 0.5], thresholds_thinned=[0.5])
+    assert "warnings" in m

@@ -49,3 +49,8 @@ def test_write_report_links_existing_figures(tmp_path):
 def test_plot_curves_none_without_curves(tmp_path):
     assert plot_curves(tmp_path / "c.png", {"protocol": "ctc"}) is None
     assert not (tmp_path / "c.png").exists()
+
+
+def test_report_shows_warnings(tmp_path):
+    path = write_report(tmp_path, {"protocol": "isbi2012", "warnings": ["looks inverted"]})
+    assert "looks inverted" in path.read_text()

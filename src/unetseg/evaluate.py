@@ -328,6 +328,14 @@ def evaluate_isbi2012(
     vi = [float(np.nanmean(per_vi[t])) for t in range(len(th11))]
 
     out: dict = {"protocol": "isbi2012", "n_images": z, "shape": list(prob.shape[1:])}
+    at_half = float(np.mean([np.mean(binarize(p, 0.5) != g) for p, g in zip(prob, gt_fg)]))
+    if at_half > 0.5:  # worse than chance at 0.5: most likely a membrane map
+        msg = (
+            f"the prediction looks inverted: pixel error {at_half:.3f} at th = 0.5, {1 - at_half:.3f} with 1 - prob; "
+            "isbi2012 expects maps high inside cells (1 - p(membrane))"
+        )
+        log.warning(msg)
+        out["warnings"] = [msg]
     v, t = _best(pe, th10, "min")
     out["pixel_error"] = _entry(v, t)
     v, t = _best(f1, th10, "max")

@@ -290,6 +290,7 @@ img {{ max-width: 480px; image-rendering: pixelated; }} td.stats {{ font-size: 8
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Protocol: <b>{html.escape(str(metrics.get('protocol', '?')))}</b>, images: {_fmt(metrics.get('n_images'))}</p>
+{''.join(f'<p style="color:#c00"><b>Warning:</b> {html.escape(str(w))}</p>' for w in metrics.get('warnings', []))}
 <h2>Summary</h2>
 <table><tr><th>metric</th><th>value</th><th>threshold</th></tr>{summary}</table>
 <ul>{notes_html}</ul>
