@@ -407,3 +407,12 @@ def test_image_axes_override_for_npy(tmp_path):
     assert s.image.shape == (3, 10, 12)
     with pytest.raises(ConfigError, match="image_axes"):
         DataConfig(image_axes="QYX")
+
+
+def test_background_loader_stops_its_thread_on_break():
+    import threading
+
+    ds = TileDataset([ramp_image()], (44, 44), (20, 20), samples_per_epoch=50)
+    for _ in make_loader(ds, batch_size=1, prefetch=1):
+        break
+    assert not any(t.name == "unetseg-prefetch" and t.is_alive() for t in threading.enumerate())
