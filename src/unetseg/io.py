@@ -126,7 +126,7 @@ def _check_size(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
         raise InputError(f"{path}: image is empty (shape {tuple(shape)})")
 
 
-def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+def _read_tiff(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -166,7 +166,7 @@ def _default_axes(path: Path, ndim: int) -> str:
     raise InputError(f"{path}: cannot tell the axes of a {ndim}-D array; expected 2 to 4 dimensions")
 
 
-def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
+def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
     from PIL import Image
 
     try:
