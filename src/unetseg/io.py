@@ -19,6 +19,29 @@ from .errors import InputError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".zarr")
 TIFF_COMPRESSIONS = (None, "none", "zlib", "lzw", "zstd", "lzma", "packbits", "deflate")
 DEFAULT_MAX_PIXELS = 2**31  # decompression-bomb guard for decoded images (about 2 gigapixels)
+MAX_PIXELS_ENV = "UNETSEG_MAX_PIXELS"
+
+
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The decoded-size limit: ``max_pixels`` if given, else ``$UNETSEG_MAX_PIXELS``, else 2**31.
+
+    Examples
+    --------
+    >>> pixel_limit(1000)
+    1000
+    """
+    if max_pixels is not None:
+        return int(max_pixels)
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise InputError(f"{MAX_PIXELS_ENV}={text!r}: expected a number of pixels") from None
+    if value < 1:
+        raise InputError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels")
+    return value
 
 
 def natural_key(path: str | os.PathLike) -> list:
@@ -48,7 +71,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=natural_key)
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Read one image file into a NumPy array.
 
     Parameters
@@ -76,7 +99,7 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     return read_image_axes(path, max_pixels=max_pixels)[0]
 
 
-def read_image_axes(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+def read_image_axes(path: str | os.PathLike, *, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """Read an image and say what its axes are, from the file's own metadata.
 
     The axes string uses ``Z`` (pages / planes / time points), ``C`` (channels or RGB samples),
@@ -118,7 +141,8 @@ def read_image_axes(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
     raise InputError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
 
 
-def _check_size(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+def _check_size(path: Path, shape: tuple[int, ...], max_pixels: int | None) -> None:
+    max_pixels = pixel_limit(max_pixels)
     n = int(np.prod(shape, dtype=np.float64))
     if n > max_pixels:
         raise InputError(f"{path}: image of shape {tuple(shape)} has {n:,} elements, above the limit of {max_pixels:,} (max_pixels)")
@@ -126,7 +150,7 @@ def _check_size(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
         raise InputError(f"{path}: image is empty (shape {tuple(shape)})")
 
 
-def _read_tiff(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
+def _read_tiff(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -166,7 +190,7 @@ def _default_axes(path: Path, ndim: int) -> str:
     raise InputError(f"{path}: cannot tell the axes of a {ndim}-D array; expected 2 to 4 dimensions")
 
 
-def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
+def _read_pillow(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
     from PIL import Image
 
     try:
@@ -177,7 +201,7 @@ def _read_pillow(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
         declared = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise InputError(
             f"{path}: image declares {declared}, above the decompression-bomb limit "
-            f"(Pillow's {2 * (Image.MAX_IMAGE_PIXELS or 0):,}; max_pixels {max_pixels:,})"
+            f"(Pillow's {2 * (Image.MAX_IMAGE_PIXELS or 0):,}; max_pixels {pixel_limit(max_pixels):,})"
         ) from exc
     with opened as im:
         _check_size(path, (im.height, im.width, len(im.getbands())), max_pixels)
@@ -301,7 +325,7 @@ def write_zarr(
         z.attrs["axes"] = axes
 
 
-def read_zarr(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_zarr(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a zarr array, or the full-resolution level of an OME-Zarr image group.
 
     Raises
@@ -344,7 +368,7 @@ def open_zarr(path: str | os.PathLike):
     return open_zarr(path / arrays[0])
 
 
-def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
+def _read_zarr(path: Path, max_pixels: int | None) -> tuple[np.ndarray, str]:
     arr, axes = open_zarr(path)
     _check_size(path, arr.shape, max_pixels)
     try:
@@ -363,7 +387,7 @@ def _read_zarr(path: Path, max_pixels: int) -> tuple[np.ndarray, str]:
     return data, axes
 
 
-def read_stack(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
     """Read a stack of 2D slices as ``(N, Y, X)`` or ``(N, Y, X, C)``.
 
     ``path`` is a single image (``N = 1``), a multi-page TIFF / 3D array (``N`` pages) or a

@@ -158,3 +158,19 @@ def test_zero_size_refused(tmp_path, shape):
 def test_empty_folder_stack(tmp_path):
     with pytest.raises(InputError, match=str(tmp_path)):
         read_stack(tmp_path)
+
+
+def test_pixel_limit_from_environment(tmp_path, monkeypatch, capsys):
+    from unetseg.cli import main
+
+    img = tmp_path / "img.png"
+    write_image(img, np.zeros((64, 64), np.uint8))
+    monkeypatch.setenv("UNETSEG_MAX_PIXELS", "1000")
+    with pytest.raises(InputError, match="1,000"):
+        read_image(img)
+    code = main(["evaluate", "--pred", str(img), "--gt", str(img), "--protocol", "binary", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert code == 1 and "1,000" in err and err.count("\n") == 1
+    monkeypatch.setenv("UNETSEG_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="UNETSEG_MAX_PIXELS"):
+        read_image(img)
