@@ -49,7 +49,6 @@ from .validate import metric_mode, validate
 
 log = logging.getLogger(__name__)
 
-ERROR_METRICS = ("pixel_error", "loss", "warping_error", "rand_error")
 
 
 class StepBatchSampler(Sampler[list[int]]):
