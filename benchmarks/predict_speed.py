@@ -58,8 +58,9 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench_tiling(net, img, tile, repeats):
-    """(a): overlap-tile end to end vs the network on the same tiles already in memory."""
+def bench_ab(net, img, tile, repeats, width):
+    """(a) and (b) in interleaved rounds (best of each): other processes share the cores, so
+    the load drifts during a run and must hit every contender alike."""
     plan = tiling.plan_tiles(img.shape, tile, depth=net.depth, padding=net.padding)
     src = img[None]
     windows = {}
@@ -78,17 +79,19 @@ def bench_tiling(net, img, tile, repeats):
     def tiled():
         predict_image(net, img, tile_shape=tile, channels_last=True)
 
+    contenders = {"tiled": tiled, "net": net_only, "monai25": monai_runner(width, img, 0.25), "monai50": monai_runner(width, img, 0.5)}
     tiled()  # warm-up: primitives for every tile shape
     net_only()
-    # Interleaved, best of each: other processes share the cores, so load drifts during a run.
-    t_tiled, t_net = [], []
-    for _ in range(repeats):
-        t_tiled.append(_best(tiled, 1))
-        t_net.append(_best(net_only, 1))
-    return min(t_net), min(t_tiled), plan
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for r in range(repeats):
+        for name, fn in contenders.items():
+            times[name].append(_best(fn, 1))
+        print(f"    round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    return {k: min(v) for k, v in times.items()}, plan
 
 
-def bench_monai(width, img, overlap, repeats, roi=512):
+def monai_runner(width, img, overlap, roi=512):
+    """A callable running MONAI's sliding window with the padded U-Net of the same width."""
     from monai.inferers import sliding_window_inference
 
     torch.manual_seed(0)
@@ -106,7 +109,7 @@ def bench_monai(width, img, overlap, repeats, roi=512):
 
     with torch.inference_mode():
         predictor(torch.zeros(1, 1, roi, roi))
-    return _best(run, repeats)
+    return run
 
 
 _RSS_CHILD = textwrap.dedent(
@@ -162,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", type=int, default=1028, help="output tile side of unetseg (valid U-Net)")
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs of each figure (best is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
     args = ap.parse_args(argv)
     runtime.configure_threads()
     print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  bf16-native-cpu {runtime.cpu_supports_bf16()}", flush=True)
@@ -172,22 +175,24 @@ def main(argv=None) -> int:
     img = _image(args.size)
     mpx = img.size / 1e6
 
-    t_net, t_tiled, plan = bench_tiling(net, img, args.tile, args.repeats)
+    best, plan = bench_ab(net, img, args.tile, args.repeats, args.width)
+    t_net, t_tiled, t_m25, t_m50 = best["net"], best["tiled"], best["monai25"], best["monai50"]
     eff = t_net / t_tiled
     print(f"(a) {args.size}^2, width {args.width}, {len(plan)} tiles of <= {args.tile} px (plan efficiency {plan.efficiency:.3f}): "
           f"overlap-tile {t_tiled:.1f} s ({mpx / t_tiled:.3f} Mpx/s), network alone on the same tiles {t_net:.1f} s "
           f"-> tiling efficiency {eff:.3f}", flush=True)
 
-    t_m25 = bench_monai(args.width, img, 0.25, args.repeats)
     print(f"(b) MONAI sliding_window_inference roi 512 gaussian overlap 0.25: {t_m25:.1f} s ({mpx / t_m25:.3f} Mpx/s) -> unetseg {t_m25 / t_tiled:.2f}x", flush=True)
-    t_m50 = bench_monai(args.width, img, 0.5, args.repeats)
     print(f"(b) MONAI sliding_window_inference roi 512 gaussian overlap 0.50: {t_m50:.1f} s ({mpx / t_m50:.3f} Mpx/s) -> unetseg {t_m50 / t_tiled:.2f}x", flush=True)
 
     small = img[: args.bf16_size, : args.bf16_size]
     fp32 = predict_image(net, small, tile_shape=args.tile, precision="fp32")
-    t32 = _best(lambda: predict_image(net, small, tile_shape=args.tile, precision="fp32"), args.repeats)
     bf = predict_image(net, small, tile_shape=args.tile, precision="bf16")
-    t16 = _best(lambda: predict_image(net, small, tile_shape=args.tile, precision="bf16"), args.repeats)
+    t32s, t16s = [], []
+    for _ in range(args.repeats):  # interleaved, best of each
+        t32s.append(_best(lambda: predict_image(net, small, tile_shape=args.tile, precision="fp32"), 1))
+        t16s.append(_best(lambda: predict_image(net, small, tile_shape=args.tile, precision="bf16"), 1))
+    t32, t16 = min(t32s), min(t16s)
     d = dice(fp32[1] > 0.5, bf[1] > 0.5)
     print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)
 
