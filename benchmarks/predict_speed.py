@@ -5,7 +5,7 @@
 (b) against MONAI ``sliding_window_inference`` (roi 512, Gaussian blending, overlap 0.25 and
     0.5) running the padded U-Net of the same width (``UNet(padding="same", norm="batch")``):
     output megapixels per second, unetseg's valid overlap-tile divided by MONAI's;
-(c) peak resident memory (``ru_maxrss`` of a fresh subprocess) while segmenting a BIG x BIG
+(c) peak resident memory (``VmHWM`` of a fresh subprocess) while segmenting a BIG x BIG
     uint8 TIFF from disk to a float32 BigTIFF on disk with ``predict_file``;
 (d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks.
 
@@ -120,7 +120,13 @@ _RSS_CHILD = textwrap.dedent(
     t = time.perf_counter()
     predict_file(sys.argv[1], sys.argv[2], sys.argv[3], tile_shape=int(sys.argv[4]), precision="fp32")
     dt = time.perf_counter() - t
-    print(json.dumps({"maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": dt}))
+    # VmHWM is this process's own peak: ru_maxrss may carry the parent's peak over fork+exec.
+    hwm = None
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    print(json.dumps({"maxrss_kib": hwm or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "seconds": dt}))
     """
 )
 
