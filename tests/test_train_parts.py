@@ -143,3 +143,30 @@ def test_progress_bar_on_a_terminal():
     p.update(4, 0.25, 1e-3)
     p.close()
     assert "loss=0.2500" in s.getvalue()
+
+
+def test_validation_reports_each_metric_at_its_best_threshold(monkeypatch):
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    import unetseg.train.validate as V
+
+    gt = np.zeros((8, 8), np.int64)
+    gt[1:4, 1:7] = 1
+    gt[5:8, 1:7] = 1
+    prob = np.where(gt == 1, 0.6, 0.4)  # right at 0.5, all cell at 0.3
+    monkeypatch.setattr(V, "predict_probs", lambda model, image, **kw: np.stack([1 - prob, prob]))
+
+    @dataclass
+    class Item:
+        name: str
+        image: np.ndarray
+        target: np.ndarray
+
+    model = torch.nn.Conv2d(1, 2, 1)
+    items = [Item("a", np.zeros((1, 8, 8), np.float32), gt)]
+    at_03, _ = V.validate(model, items, device=torch.device("cpu"), thresholds=[0.3])
+    best, _ = V.validate(model, items, device=torch.device("cpu"), thresholds=[0.3, 0.5])
+    assert at_03["pixel_error"] > 0 and at_03["v_rand"] < 1
+    assert best == {"pixel_error": 0.0, "dice": 1.0, "v_rand": 1.0}

@@ -104,6 +104,9 @@ class ValidationConfig:
         Early stopping: stop after this many validations without improvement.
     overlays : int
         How many validation images get an overlay PNG.
+    thresholds : list of float
+        Binarisation thresholds of the foreground probability; each metric is reported at its
+        best one (like the ISBI protocol; class-weighted losses shift the best threshold).
     """
 
     every: int = 500
@@ -113,6 +116,7 @@ class ValidationConfig:
     tile: list[int] | None = None
     patience: int | None = None
     overlays: int = 2
+    thresholds: list[float] = field(default_factory=lambda: [0.5])
 
 
 @dataclass(frozen=True)

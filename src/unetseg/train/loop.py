@@ -378,6 +378,7 @@ def fit(
                 tta=cfg.validation.tta,
                 tile=cfg.validation.tile,
                 keep=cfg.validation.overlays,
+                thresholds=cfg.validation.thresholds,
             )
             model.train()
             value = metrics.get(metric_name)

@@ -62,7 +62,8 @@ def plot_loss_curve(records: list[dict], path: str | os.PathLike) -> Path:
                 ax2.plot(s, v, "o-", color=c, ms=3, label=f"val {key}")
         ax2.set_ylabel("validation")
         ax2.legend(loc="upper right", fontsize=8)
-    ax.legend(loc="upper left", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(path)

@@ -151,23 +151,35 @@ def validate(
     tta: bool = False,
     tile=None,
     keep: int = 0,
+    thresholds: Sequence[float] = (0.5,),
 ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Mean metrics over ``items`` (``name``, ``image``, ``target``, optional ``ignore``).
 
-    Returns the metrics and the foreground probability maps of the first ``keep`` items.
+    With several ``thresholds`` each metric is reported at its best threshold (one threshold for
+    all images, as the ISBI protocol does). Returns the metrics and the foreground probability
+    maps of the first ``keep`` items.
     """
     was_training = model.training
     model.eval()
-    rows, kept = [], []
+    ths = list(thresholds) or [0.5]
+    rows: list[list[dict[str, float]]] = [[] for _ in ths]
+    kept = []
     for i, item in enumerate(items):
         probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision)
         fg = probs[foreground_class]
         target = np.asarray(item.target)
         ignore = getattr(item, "ignore", None)
-        rows.append(binary_metrics(fg, target == foreground_class, ignore))
+        for r, th in zip(rows, ths):
+            r.append(binary_metrics(fg, target == foreground_class, ignore, threshold=th))
         if i < keep:
             kept.append(fg)
     if was_training:
         model.train()
-    keys = rows[0].keys() if rows else []
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}, kept
+    if not rows[0]:
+        return {}, kept
+    means = [{k: float(np.nanmean([r[k] for r in rs])) for k in rs[0]} for rs in rows]
+    out = {}
+    for k in means[0]:
+        values = [m[k] for m in means]
+        out[k] = float(max(values) if metric_mode(k) == "max" else min(values))
+    return out, kept
