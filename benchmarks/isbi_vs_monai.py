@@ -41,7 +41,8 @@ from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.models import load as load_model  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
 from unetseg.train.setup import train_from_config  # noqa: E402
-from unetseg.train.validate import _dihedral, _undihedral, predict_probs  # noqa: E402
+from unetseg.predict import dihedral_transforms  # noqa: E402
+from unetseg.train.validate import predict_probs  # noqa: E402
 
 KEYS = ("pixel_error", "v_rand", "warping_error", "warping_error_splits_mergers", "pixel_error_f1", "v_info")
 
@@ -166,11 +167,14 @@ def run_monai(args, train_items, val_items) -> dict:
     with torch.no_grad():
         for it in val_items:
             acc = None
-            for k in range(8):
-                img = np.ascontiguousarray(_dihedral(it.image[0], k))
-                logits = sliding_window_inference(torch.from_numpy(img)[None, None], (crop, crop), 4, predictor, overlap=0.25, mode="gaussian")
-                p = torch.softmax(logits, 1)[0, 1].numpy()
-                p = _undihedral(p, k)
+            x = torch.from_numpy(it.image[0])[None, None]
+            for k, flip in dihedral_transforms(2):  # the same 8 transforms as unetseg's TTA
+                t = torch.flip(x, dims=(-1,)) if flip else x
+                t = torch.rot90(t, k, dims=(-2, -1)).contiguous()
+                logits = sliding_window_inference(t, (crop, crop), 4, predictor, overlap=0.25, mode="gaussian")
+                p = torch.softmax(logits, 1)[:, 1:]
+                p = torch.rot90(p, -k, dims=(-2, -1))
+                p = (torch.flip(p, dims=(-1,)) if flip else p)[0, 0].numpy()
                 acc = p if acc is None else acc + p
             probs.append(acc / 8)
     pred_s = time.perf_counter() - t1
