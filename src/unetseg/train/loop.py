@@ -381,6 +381,8 @@ def fit(
                 thresholds=cfg.validation.thresholds,
             )
             model.train()
+            if rt.channels_last and spatial_dims in (2, 3):
+                model.to(memory_format=mem)  # the predictor may hand the weights back contiguous
             value = metrics.get(metric_name)
             if value is None:
                 raise ConfigError(f"validation.metric {metric_name!r}: not computed; available: {', '.join(sorted(metrics))}")
