@@ -864,39 +864,56 @@ class BackgroundLoader:
         from torch.utils.data import default_collate
 
         indices = list(iter(self.sampler))
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        done = object()
+        batches = (
+            default_collate([self.dataset[i] for i in indices[b : b + self.batch_size]])
+            for b in range(0, len(indices), self.batch_size)
+        )
+        return prefetch(batches, self.prefetch)
 
-        def produce() -> None:
-            try:
-                for b in range(0, len(indices), self.batch_size):
-                    batch = default_collate([self.dataset[i] for i in indices[b : b + self.batch_size]])
-                    while not stop.is_set():
-                        try:
-                            q.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(done)
-            except Exception as exc:  # handed to the consumer, re-raised there
-                q.put(exc)
 
-        th = threading.Thread(target=produce, name="unetseg-prefetch", daemon=True)
-        th.start()
+def prefetch(iterable, depth: int = 2) -> Iterator[Any]:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    NumPy, SciPy and PyTorch release the GIL in their kernels, so tile augmentation overlaps
+    with the training step. Exceptions are re-raised in the consumer.
+
+    Examples
+    --------
+    >>> list(prefetch(range(5)))
+    [0, 1, 2, 3, 4]
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
         try:
-            while True:
-                item = q.get()
-                if item is done:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
                     return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            th.join(timeout=5)
+            q.put(done)
+        except Exception as exc:  # handed to the consumer and raised there
+            q.put(exc)
+
+    th = threading.Thread(target=produce, name="unetseg-prefetch", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
 
 def make_loader(dataset: TileDataset, batch_size: int = 1, num_workers: int = 0, prefetch: int = 2, *, pin_memory: bool = False, start: int = 0):

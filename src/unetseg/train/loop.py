@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import runtime
 from ..config import dump_config
+from ..data import prefetch
 from ..errors import ConfigError, TrainingError
 from ..losses import build_loss
 from ..models import save as save_model
@@ -48,7 +49,6 @@ from .progress import Progress
 from .validate import metric_mode, validate
 
 log = logging.getLogger(__name__)
-
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -71,53 +71,6 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
-
-
-def prefetch(iterable, depth: int = 2) -> Iterator[Any]:
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
-
-    NumPy, SciPy and PyTorch release the GIL in their kernels, so tile augmentation overlaps
-    with the training step. Exceptions are re-raised in the consumer.
-
-    Examples
-    --------
-    >>> list(prefetch(range(5)))
-    [0, 1, 2, 3, 4]
-    """
-    import queue
-
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except Exception as exc:  # handed to the consumer and raised there
-            q.put(exc)
-
-    th = threading.Thread(target=produce, name="unetseg-train-prefetch", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        th.join(timeout=5)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

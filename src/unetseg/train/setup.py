@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data import LabeledImage, TileDataset, load_dataset, resolved_target
+from ..data import LabeledImage, TileDataset, load_dataset, model_extra, resolved_target
 from ..errors import ConfigError, InputError
 from ..models import build
 from . import distributed as dist_util
@@ -138,13 +138,8 @@ def train_from_config(
         rank=0,
         world_size=1,
     )
-    extra = {
-        "normalization": dict(cfg.data.normalization),
-        "classes": target.names,
-        "foreground_class": 1,
-        "task": "instances" if target.kind == "instances" else "semantic",
-        "training": {"train": [it.name for it in train_items], "val": [it.name for it in val_items], "tile": list(out_shape)},
-    }
+    extra = model_extra(target, cfg.data.normalization)
+    extra["training"] = {"train": [it.name for it in train_items], "val": [it.name for it in val_items], "tile": list(out_shape)}
     log.info(
         "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
         cfg.model.arch, len(train_items), len(val_items), in_shape, out_shape, cfg.batch_size, cfg.schedule.steps,
