@@ -77,7 +77,7 @@ def _checkpoint_step(run: Path) -> int:
 
 def test_training_survives_random_kills(tmp_path, tally):
     data = _dataset(tmp_path / "data")
-    steps = 40
+    steps = 120
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text(RECIPE.format(data=data, steps=steps, every=CKPT_EVERY))
     run = tmp_path / "run"
@@ -96,7 +96,7 @@ def test_training_survives_random_kills(tmp_path, tally):
             deadline = time.monotonic() + 60
             while _last_logged_step(run) <= before + 1 and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
-            time.sleep(float(rng.uniform(0.0, 0.4)))
+            time.sleep(float(rng.uniform(0.0, 0.3)))
             if proc.poll() is None:
                 logged = _last_logged_step(run)
                 proc.send_signal(signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     result = run_demo(
         args.out, data=args.data, minutes=args.minutes, steps=args.steps, tta=not args.no_tta,
-        device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+        device=args.device, seed=args.seed, progress=True,
     )
     print(format_table(result.metrics))
     print(f"\ntrained {result.train_steps} steps ({result.train_status}); demo took {(time.monotonic() - t0) / 60:.1f} min")
