@@ -79,7 +79,39 @@ def _byte_runs(shape: tuple[int, ...], ranges: tuple[tuple[int, int], ...], item
         yield off, run
 
 
-class RawSource:
+class _RawFile:
+    """A C-ordered array stored uncompressed at ``offset`` in a file, accessed with pread/pwrite.
+
+    The file descriptor is opened lazily and dropped when pickled, so Dask workers reopen it.
+    """
+
+    _open_flags = os.O_RDONLY
+
+    def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype: Any):
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.shape = tuple(int(s) for s in shape)
+        self._fd: int | None = None
+
+    ndim = property(lambda self: len(self.shape))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_fd"] = None
+        return state
+
+    def _fileno(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, self._open_flags)
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class RawSource(_RawFile):
     """A C-ordered array stored uncompressed at ``offset`` in a file, read with ``os.pread``.
 
     Examples
@@ -94,29 +126,9 @@ class RawSource:
     """
 
     def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype: Any):
-        self.path = Path(path)
-        self.offset = int(offset)
-        self.shape = tuple(int(s) for s in shape)
+        super().__init__(path, offset, shape, dtype)
         self.file_dtype = np.dtype(dtype)
         self.dtype = self.file_dtype.newbyteorder("=")
-        self._fd: int | None = None
-
-    ndim = property(lambda self: len(self.shape))
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_fd"] = None
-        return state
-
-    def _fileno(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
     def __del__(self):  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
@@ -271,32 +283,14 @@ def _open_zarr(path: Path):
     return ArraySource(node, path)
 
 
-class _PwriteTarget:
+class _PwriteTarget(_RawFile):
     """Writes boxes of a C-ordered array stored at ``offset`` in a file with ``os.pwrite``."""
 
+    _open_flags = os.O_WRONLY
+
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path = Path(path)
-        self.offset = int(offset)
-        self.shape = tuple(shape)
+        super().__init__(path, offset, shape, dtype)
         self.dtype = np.dtype(dtype)
-        self._fd: int | None = None
-
-    ndim = property(lambda self: len(self.shape))
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_fd"] = None
-        return state
-
-    def _fileno(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY)
-        return self._fd
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
     def __setitem__(self, index, value) -> None:
         ranges = _normalise_index(index, self.shape)
