@@ -49,7 +49,11 @@ def _check(logits: Tensor, target: Tensor) -> None:
 
 
 def _reduce(per_pixel: Tensor, weight: Tensor | None, mask: Tensor | None, reduction: str) -> Tensor:
-    """Reduce an (N, *spatial) per-pixel loss already multiplied by ``weight`` and ``mask``."""
+    """Weight and mask an (N, *spatial) per-pixel loss, then reduce it."""
+    if weight is not None:
+        per_pixel = per_pixel * weight.float()
+    if mask is not None:
+        per_pixel = per_pixel * mask
     if reduction not in REDUCTIONS:
         raise ConfigError(f"loss.reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")
     if reduction == "sum":
@@ -105,10 +109,6 @@ def weighted_cross_entropy(
     if mask is not None:
         safe_target = torch.where(mask, target, torch.zeros_like(target))
     per_pixel = F.cross_entropy(logits.float(), safe_target, reduction="none")
-    if weight is not None:
-        per_pixel = per_pixel * weight.float()
-    if mask is not None:
-        per_pixel = per_pixel * mask
     return _reduce(per_pixel, weight, mask, reduction)
 
 
@@ -140,10 +140,6 @@ def binary_cross_entropy(
     else:
         raise ValueError(f"binary_cross_entropy needs 1 or 2 channels, got {logits.shape[1]}")
     per_pixel = F.binary_cross_entropy_with_logits(fg.float(), (target > 0).float(), reduction="none")
-    if weight is not None:
-        per_pixel = per_pixel * weight.float()
-    if mask is not None:
-        per_pixel = per_pixel * mask
     return _reduce(per_pixel, weight, mask, reduction)
 
 
