@@ -141,3 +141,45 @@ def test_evaluate_refuses_bad_pairs(tmp_path, tally, capsys, pred, gt, expect):
     code, err = _run(["evaluate", "--pred", p, "--gt", g, "--protocol", "isbi2012", "--out", out], capsys)
     _assert_clean_failure(code, err, out)
     assert expect.lower() in err.lower()
+
+
+TRAIN_RECIPE = """
+model: {{arch: UNet, args: {{depth: 2, base_channels: 2, dropout: 0.0}}}}
+train_data: {{path: {data}}}
+data: {{target: {{kind: binary, foreground_value: 255}}}}
+schedule: {{steps: 2}}
+runtime: {{device: cpu, precision: fp32, threads: 1}}
+tile: [28, 28]
+"""
+
+
+def _train_dataset(root, image, label):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    np.save(root / "images" / "a.npy", image)
+    np.save(root / "labels" / "a.npy", label)
+    return root
+
+
+@pytest.mark.parametrize(
+    "case,image,label",
+    [
+        ("label-values", np.zeros((48, 48), np.uint8), np.full((48, 48), 7, np.uint8)),
+        ("nan-image", np.full((48, 48), np.nan, np.float32), np.full((48, 48), 255, np.uint8)),
+        ("complex-image", np.zeros((48, 48), np.complex64), np.full((48, 48), 255, np.uint8)),
+        ("shape-mismatch", np.zeros((48, 48), np.uint8), np.full((40, 48), 255, np.uint8)),
+        ("float-label", np.zeros((48, 48), np.uint8), np.full((48, 48), 0.5, np.float32)),
+    ],
+)
+def test_train_refuses_malformed_data(tmp_path, tally, capsys, case, image, label):
+    data = _train_dataset(tmp_path / "data", image, label)
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(TRAIN_RECIPE.format(data=data))
+    run = tmp_path / "run"
+    tally["malformed inputs tried (train CLI)"] += 1
+    code, err = _run(["train", "--config", cfg, "--out", run, "--no-progress"], capsys)
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("unetseg: error:") and "Traceback" not in err, err
+    assert "a.npy" in lines[-1], f"error does not name the file: {lines[-1]}"
+    assert not (run / "model.safetensors").exists()
