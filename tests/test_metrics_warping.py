@@ -18,7 +18,7 @@ from unetseg.metrics import (
     warp,
     warping_error,
 )
-from unetseg.metrics.warping import RING_DY, RING_DX
+from unetseg.metrics.warping import warp_reference
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 EIGHT = np.ones((3, 3), bool)
@@ -116,36 +116,6 @@ def test_threshold_compares_in_float64():
     assert warping_error(gt, prob, 0.9999999999999999).error == 0.0
 
 
-def naive_warp(gt: np.ndarray, prob: np.ndarray, th: float):
-    """One-pixel-at-a-time reimplementation of the reference loop (slow, for checking)."""
-    h, w = gt.shape
-    s = np.zeros((h + 2, w + 2), np.uint8)
-    s[1:-1, 1:-1] = gt > 0
-    t = np.zeros_like(s)
-    t[1:-1, 1:-1] = prob.astype(np.float64) > th
-    key = np.zeros(s.shape, np.float32)
-    key[1:-1, 1:-1] = np.abs(prob.astype(np.float64) - th).astype(np.float32)
-    table = simple_point_table()
-    previous, listed = -1, []
-    while True:
-        mism = s != t
-        diff = int(mism.sum())
-        if diff == 0:
-            listed = []
-            break
-        if diff == previous:
-            break
-        previous = diff
-        pts = [(x, y) for x in range(1, w + 1) for y in range(1, h + 1) if mism[y, x]]
-        pts.sort(key=lambda p: -float(key[p[1], p[0]]))  # stable, descending
-        for x, y in pts:
-            code = sum(int(s[y + dy, x + dx]) << k for k, (dy, dx) in enumerate(zip(RING_DY, RING_DX)))
-            if table[code]:
-                s[y, x] ^= 1
-        listed = pts
-    return s[1:-1, 1:-1].astype(bool), np.array([(y - 1, x - 1) for x, y in listed]).reshape(-1, 2)
-
-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), th=st.sampled_from([0.3, 0.5, 0.7]), binary=st.booleans())
 def test_vectorised_warp_equals_sequential_reference(seed, th, binary):
@@ -156,7 +126,7 @@ def test_vectorised_warp_equals_sequential_reference(seed, th, binary):
     if binary:  # all ties: the order falls back to x-major, y-minor
         prob = (prob > 0.5).astype(np.float32)
     w1, m1 = warp(gt, prob, th)
-    w2, m2 = naive_warp(gt, prob, th)
+    w2, m2 = warp_reference(gt, prob, th)
     assert np.array_equal(w1, w2)
     assert np.array_equal(m1, m2)
 
