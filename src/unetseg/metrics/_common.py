@@ -75,6 +75,23 @@ def check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def foreground_pixels(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ground-truth and predicted labels of the pixels whose ground truth is not 0.
+
+    The pixel restriction of the foreground-restricted Rand and information scores.
+
+    Examples
+    --------
+    >>> foreground_pixels(np.array([[0, 1], [2, 2]]), np.array([[5, 0], [3, 3]]))
+    (array([1, 2, 2]), array([0, 3, 3]))
+    """
+    check_same_shape(gt_labels, pred_labels)
+    gt = check_labels(gt_labels, "ground truth").ravel()
+    pred = check_labels(pred_labels, "prediction").ravel()
+    fg = gt != 0
+    return gt[fg], pred[fg]
+
+
 def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sparse contingency table of two label arrays of equal shape.
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_labels, check_same_shape, overlap_counts
+from ._common import foreground_pixels, overlap_counts
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,7 @@ def v_info(gt_labels: np.ndarray, pred_labels: np.ndarray) -> InfoScores:
     >>> v_info(np.array([[1, 1, 1]]), np.array([[1, 1, 1]])).v_info  # H(GT) = 0
     0.0
     """
-    check_same_shape(gt_labels, pred_labels)
-    gt = check_labels(gt_labels, "ground truth").ravel()
-    pred = check_labels(pred_labels, "prediction").ravel()
-    fg = gt != 0
-    g, p = gt[fg], pred[fg]
+    g, p = foreground_pixels(gt_labels, pred_labels)
     n = float(g.size)
     if n == 0:
         nan = float("nan")

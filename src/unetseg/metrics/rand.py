@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import check_labels, check_same_shape, contingency, label4, overlap_counts
+from ._common import check_labels, check_same_shape, contingency, foreground_pixels, label4, overlap_counts
 from ..errors import InputError
 
 
@@ -68,11 +68,7 @@ def rand_pairs(gt_labels: np.ndarray, pred_labels: np.ndarray) -> RandPairs:
     >>> rand_pairs(np.array([1, 1, 2, 0]), np.array([3, 3, 0, 3]))
     RandPairs(sum_p2=5.0, sum_s2=5.0, sum_t2=5.0, n=3)
     """
-    check_same_shape(gt_labels, pred_labels)
-    gt = check_labels(gt_labels, "ground truth").ravel()
-    pred = check_labels(pred_labels, "prediction").ravel()
-    fg = gt != 0
-    g, p = gt[fg], pred[fg]
+    g, p = foreground_pixels(gt_labels, pred_labels)
     n = int(g.size)
     if n == 0:
         return RandPairs(0.0, 0.0, 0.0, 0)
