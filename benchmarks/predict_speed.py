@@ -13,7 +13,7 @@ Ends with one JSON line: vs_monai_025, vs_monai_05, tiling_efficiency, peak_rss_
 bf16_speedup (plus bf16_dice and the settings). Run it alone (``flock /tmp/unetseg-bench.lock``);
 timings are the best of ``--repeats`` runs after a warm-up.
 
-    python benchmarks/predict_speed.py --width 8 --size 4096 --tile 1028 --big 16384
+    python benchmarks/predict_speed.py --width 8 --size 4096 --tile 772 --big 16384
 """
 
 from __future__ import annotations
@@ -168,13 +168,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=8, help="base channels of every network compared")
     ap.add_argument("--size", type=int, default=4096, help="side of the in-memory test image")
-    ap.add_argument("--tile", type=int, default=1028, help="output tile side of unetseg (valid U-Net)")
+    ap.add_argument("--tile", type=int, default=772, help="output tile side of unetseg (valid U-Net)")
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
     args = ap.parse_args(argv)
     runtime.configure_threads()
-    print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  bf16-native-cpu {runtime.cpu_supports_bf16()}", flush=True)
+    # Process-wide, so MONAI's sliding window below runs with the same allocator setting.
+    tuned = runtime.configure_allocator()
+    print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  bf16-native-cpu {runtime.cpu_supports_bf16()}  "
+          f"malloc-tuned {tuned}", flush=True)
 
     torch.manual_seed(0)
     net = UNet(1, 2, base_channels=args.width, dropout=0.0).eval()

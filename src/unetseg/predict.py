@@ -40,7 +40,7 @@ from torch import nn
 
 from . import sizes, tiling
 from .errors import ConfigError, InputError
-from .runtime import autocast, memory_format, resolve_device, resolve_precision
+from .runtime import autocast, configure_allocator, memory_format, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,8 @@ def predict_into(
     """
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
+    if dev.type == "cpu":
+        configure_allocator()
     dims = int(getattr(model, "spatial_dims", 2))
     channels = int(getattr(model, "in_channels", source.shape[0]))
     shape = tuple(int(s) for s in (source_shape if source_shape is not None else source.shape[1:]))

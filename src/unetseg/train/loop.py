@@ -247,6 +247,8 @@ def fit(
     precision = runtime.resolve_precision(rt.precision, dev)
     spatial_dims = getattr(model, "spatial_dims", 2)
     mem = runtime.memory_format(dev, spatial_dims) if rt.channels_last else torch.contiguous_format
+    if dev.type == "cpu":
+        runtime.configure_allocator()
     if rt.threads is not None:
         runtime.configure_threads(rt.threads)
     elif dev.type == "cpu" and info.enabled:
