@@ -40,7 +40,7 @@ from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.models import load as load_model  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
-from unetseg.train.setup import train_from_config  # noqa: E402
+from unetseg.train.setup import steps_for_budget, train_from_config  # noqa: E402
 from unetseg.predict import dihedral_transforms  # noqa: E402
 from unetseg.train.validate import predict_probs  # noqa: E402
 
@@ -72,17 +72,11 @@ def run_ours(args, val_items) -> dict:
         runtime=dataclasses.replace(cfg.runtime, log_every=25),
     )
     out = Path(args.out) / "ours"
-    probe_dir = Path(args.out) / "ours-probe"
     steps = args.ours_steps
     t_setup = time.perf_counter()
     if steps is None:
-        stamps: dict[int, float] = {}
-        probe = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=10**6))
-        w = args.probe_warmup
-        train_from_config(probe, probe_dir, config_path=args.config, stop_after=args.probe_steps + w,
-                          on_step=lambda s, v: stamps.__setitem__(s, time.perf_counter()))
-        rate = args.probe_steps / (stamps[args.probe_steps + w] - stamps[w])
-        steps = max(10, int(rate * budget * 0.97))
+        steps, rate = steps_for_budget(cfg, args.minutes, config_path=args.config,
+                                       probe_steps=args.probe_steps, warmup=args.probe_warmup)
         print(f"[ours] speed probe: {rate:.3f} steps/s -> schedule of {steps} steps for {args.minutes:g} min", flush=True)
     cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
     t0 = time.perf_counter()

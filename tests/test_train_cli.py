@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -203,3 +204,20 @@ def test_torchrun_two_processes_keep_parameters_identical(tmp_path, dataset):
     assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]  # only rank 0 wrote
     assert (out / "model.safetensors").is_file()
     json.loads((out / "model.json").read_text())
+
+
+def test_steps_for_budget_fits_the_schedule_to_the_time(tmp_path, dataset):
+    from unetseg.errors import ConfigError
+    from unetseg.train.config import load_train_config
+    from unetseg.train.setup import steps_for_budget
+
+    cfg = load_train_config(write_recipe(tmp_path, dataset))
+    # runtime.max_minutes is the budget of the real run, not of the probe
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, max_minutes=0.0001))
+    steps, rate = steps_for_budget(cfg, 0.5, probe_steps=4, warmup=1)
+    assert rate > 0
+    assert steps == max(10, int(rate * 30 * 0.97))  # 0.5 min at the measured rate, 3 % margin
+    twice, _ = steps_for_budget(cfg, 1.0, probe_steps=4, warmup=1)
+    assert twice > steps // 2  # more time, more steps (rates differ a little between probes)
+    with pytest.raises(ConfigError, match="minutes"):
+        steps_for_budget(cfg, 0)

@@ -158,3 +158,43 @@ def train_from_config(
         stop_after=stop_after,
         on_step=on_step,
     )
+
+
+def steps_for_budget(
+    cfg: TrainConfig,
+    minutes: float,
+    *,
+    config_path: str | os.PathLike | None = None,
+    probe_steps: int = 25,
+    warmup: int = 8,
+    fill: float = 0.97,
+    device: str | None = None,
+) -> tuple[int, float]:
+    """How many steps of ``cfg`` fit in ``minutes`` on this machine: ``(steps, steps_per_s)``.
+
+    Trains ``warmup + probe_steps`` steps into a temporary run folder (deleted afterwards) and
+    times the last ``probe_steps``. Setting ``schedule.steps`` to the result makes a decaying learning-rate
+    schedule end when the time budget does, instead of being cut off while the rate is still
+    high (``runtime.max_minutes`` alone stops training but does not shorten the schedule).
+    ``fill`` leaves a margin for validation and checkpoints.
+    """
+    import dataclasses
+    import tempfile
+    import time
+
+    if minutes <= 0 or probe_steps < 1 or warmup < 0:
+        raise ConfigError(f"steps_for_budget: minutes {minutes}, probe_steps {probe_steps}, warmup {warmup} must be positive")
+    stamps: dict[int, float] = {}
+    probe = dataclasses.replace(
+        cfg,
+        val_data=None,
+        validation=dataclasses.replace(cfg.validation, every=0),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=10**9),
+        schedule=dataclasses.replace(cfg.schedule, steps=10**6),
+        runtime=dataclasses.replace(cfg.runtime, max_minutes=None),
+    )
+    with tempfile.TemporaryDirectory(prefix="unetseg-probe-") as tmp:
+        train_from_config(probe, Path(tmp) / "run", config_path=config_path, device=device, stop_after=warmup + probe_steps,
+                          on_step=lambda step, _loss: stamps.__setitem__(step, time.perf_counter()))
+    rate = probe_steps / (stamps[warmup + probe_steps] - stamps[warmup])
+    return max(10, int(rate * minutes * 60 * fill)), rate
