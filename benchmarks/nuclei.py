@@ -9,12 +9,14 @@ on the other three for ``--minutes``; the test quadrant is segmented with overla
 TTA into instances (connected components of the nucleus class after carved-border training,
 optionally a distance-transform watershed, small objects removed) and scored with StarDist-style
 matching: precision/recall/F1 at IoU 0.5 and the DSB 2018 mean AP over IoU 0.50:0.95.
+One speed probe sets ``schedule.steps`` so the learning-rate schedule ends with the time budget.
 Prints a table and one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from unetseg.evaluate import evaluate_instances
 from unetseg.io import read_image, write_image
 from unetseg.predict import predict_file
 from unetseg.train.config import load_train_config
-from unetseg.train.setup import train_from_config
+from unetseg.train.setup import steps_for_budget, train_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +58,7 @@ def main() -> int:
     out = Path(args.out)
     rows = []
     t0 = time.monotonic()
+    steps = None
     for fold, test in enumerate([3, 0, 1, 2][: args.folds]):
         data = out / f"fold{fold}" / "data"
         for sub in ("images", "labels"):
@@ -69,6 +72,10 @@ def main() -> int:
         cfg = load_train_config(
             args.config, [f"train_data.path={data}", f"runtime.max_minutes={args.minutes}", *args.overrides]
         )
+        if steps is None:  # one speed probe: the schedule ends with the time budget
+            steps, rate = steps_for_budget(cfg, args.minutes, config_path=args.config)
+            print(f"speed probe: {rate:.3f} steps/s -> schedule of {steps} steps per fold", flush=True)
+        cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
         run = out / f"fold{fold}" / "run"
         result = train_from_config(cfg, run, config_path=args.config)
         target = out / f"fold{fold}" / "test-labels.tif"
@@ -79,9 +86,9 @@ def main() -> int:
     print(f"DSB 2018 sample, {args.minutes:g} min training per fold, TTA {'off' if args.no_tta else '8-fold'}, split {args.split}")
     keys = ("precision", "recall", "f1", "mean_ap")
     print(f"{'fold':<6}{'test quadrant':<15}{'steps':>7}" + "".join(f"{k:>11}" for k in keys))
-    for fold, test, steps, scores in rows:
+    for fold, test, nsteps, scores in rows:
         vals = [_value(scores, k) for k in keys]
-        print(f"{fold:<6}{test:<15}{steps:>7}" + "".join(f"{v:>11.4f}" for v in vals))
+        print(f"{fold:<6}{test:<15}{nsteps:>7}" + "".join(f"{v:>11.4f}" for v in vals))
     summary = {k: round(float(np.mean([_value(s, k) for *_, s in rows])), 4) for k in keys}
     summary.update(folds=args.folds, minutes_per_fold=args.minutes, total_minutes=round((time.monotonic() - t0) / 60, 1))
     print(json.dumps(summary))
