@@ -9,7 +9,8 @@ on the other three for ``--minutes``; the test quadrant is segmented with overla
 TTA into instances (connected components of the nucleus class after carved-border training,
 optionally a distance-transform watershed, small objects removed) and scored with StarDist-style
 matching: precision/recall/F1 at IoU 0.5 and the DSB 2018 mean AP over IoU 0.50:0.95.
-One speed probe sets ``schedule.steps`` so the learning-rate schedule ends with the time budget.
+By default training stops at the time limit wherever the recipe's schedule is; with
+``--fit-schedule`` one speed probe sets ``schedule.steps`` so the schedule ends with the budget.
 Prints a table and one JSON line.
 """
 
@@ -48,6 +49,9 @@ def main() -> int:
     ap.add_argument("--split", default="none", choices=["none", "distance"], help="watershed split of touching nuclei")
     ap.add_argument("--min-size", type=int, default=15)
     ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--fit-schedule", action="store_true",
+                    help="set schedule.steps from a speed probe so the cosine ends with the budget "
+                         "(default: the recipe's schedule, cut off by the time limit)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override KEY=VALUE")
     ap.add_argument("--out", default="/tmp/unetseg-nuclei")
     args = ap.parse_args()
@@ -72,10 +76,11 @@ def main() -> int:
         cfg = load_train_config(
             args.config, [f"train_data.path={data}", f"runtime.max_minutes={args.minutes}", *args.overrides]
         )
-        if steps is None:  # one speed probe: the schedule ends with the time budget
+        if args.fit_schedule and steps is None:  # one speed probe: the schedule ends with the time budget
             steps, rate = steps_for_budget(cfg, args.minutes, config_path=args.config)
             print(f"speed probe: {rate:.3f} steps/s -> schedule of {steps} steps per fold", flush=True)
-        cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
+        if steps is not None:
+            cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
         run = out / f"fold{fold}" / "run"
         result = train_from_config(cfg, run, config_path=args.config)
         target = out / f"fold{fold}" / "test-labels.tif"
