@@ -98,8 +98,9 @@ def configure_allocator() -> bool:
 
     glibc serves every allocation above ``M_MMAP_THRESHOLD`` (at most 32 MiB by its dynamic
     rule) with a fresh ``mmap`` and unmaps it on ``free``. A U-Net allocates and frees tens of
-    megabytes per layer, so every layer of every tile page-faults its activations back in: on a
-    2-core CPU that costs 25-40 % of inference and training time. Raising the mmap threshold to
+    megabytes per layer, so every layer of every tile page-faults its activations back in: on the
+    2-core development CPU that cost 25-40 % of overlap-tile inference time and about 3 % of
+    training time. Raising the mmap threshold to
     1 GiB and the trim threshold to 2 GiB makes freed activations reusable, the remedy Intel's
     PyTorch guides reach with jemalloc or tcmalloc. Peak resident memory is unchanged; memory
     freed at the end is kept by the process (up to 2 GiB) for the next tile.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,15 +176,12 @@ def steps_for_budget(
     """How many steps of ``cfg`` fit in ``minutes`` on this machine: ``(steps, steps_per_s)``.
 
     Trains ``warmup + probe_steps`` steps into a temporary run folder (deleted afterwards) and
-    times the last ``probe_steps``. Setting ``schedule.steps`` to the result makes a decaying learning-rate
-    schedule end when the time budget does, instead of being cut off while the rate is still
-    high (``runtime.max_minutes`` alone stops training but does not shorten the schedule).
+    times the last ``probe_steps``. Setting ``schedule.steps`` to the result makes a decaying
+    learning-rate schedule end when the time budget does, instead of being cut off while the rate
+    is still high (``runtime.max_minutes`` alone stops training but does not shorten the
+    schedule). Short probes can misjudge the speed of the whole run.
     ``fill`` leaves a margin for validation and checkpoints.
     """
-    import dataclasses
-    import tempfile
-    import time
-
     if minutes <= 0 or probe_steps < 1 or warmup < 0:
         raise ConfigError(f"steps_for_budget: minutes {minutes}, probe_steps {probe_steps}, warmup {warmup} must be positive")
     stamps: dict[int, float] = {}
