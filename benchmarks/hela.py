@@ -7,8 +7,8 @@ groups in time order. For each fold, ``configs/hela.yaml`` (touching cells separ
 borders, border weights w0 = 10, sigma = 5 px, partial ground truth ignored far from annotated
 cells) trains on the other frames for ``--minutes``; the held-out frames are segmented with
 overlap-tile + 8-fold TTA into instance labels (connected components of the cell class, or split
-by a watershed on the distance transform; small objects removed) and scored with the Cell Tracking Challenge SEG measure, pooled over all
-reference objects of all held-out frames. No frame is ever scored by a model that saw it.
+by a watershed on the distance transform; small objects removed) and scored with the Cell
+Tracking Challenge SEG measure, pooled over all reference objects of all held-out frames. No frame is ever scored by a model that saw it.
 One speed probe sets ``schedule.steps`` so the recipe's learning-rate schedule ends with the
 time budget (:func:`unetseg.train.setup.steps_for_budget`).
 
@@ -78,7 +78,7 @@ def main() -> int:
         fold = {s: [] for s in SPLITS}
         for name in held:
             prob_path = out / f"fold{i}-{name}-prob.tif"  # the cell-class map, as `unetseg predict` writes it
-            predict_file(run, by_name[name].image, prob_path, output="prob", tta=not args.no_tta, device="cpu")
+            predict_file(run, by_name[name].image, prob_path, output="prob", tta=not args.no_tta)
             cell = read_image(prob_path)
             prob = np.stack([1.0 - cell, cell])
             for split in SPLITS:
