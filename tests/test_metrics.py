@@ -17,6 +17,7 @@ from unetseg.metrics import (
     match_instances,
     mean_ap,
     pixel_error,
+    pixel_error_by_distance,
     pixel_f1,
     rand_error,
     rand_index,
@@ -63,6 +64,30 @@ def test_pixel_error_and_f1():
     assert pixel_error(gt, gt > 0) == 0.0
     assert pixel_error(gt, np.ones((2, 2))) == 0.25
     assert pixel_f1(gt, np.ones((2, 2))) == pytest.approx(6 / 7)
+
+
+def test_pixel_error_by_distance_puts_a_shifted_boundary_in_the_first_band():
+    gt = np.zeros((40, 40), bool)
+    gt[:, :20] = True  # cell left, membrane right
+    shifted = np.zeros_like(gt)
+    shifted[:, :21] = True  # boundary one pixel to the right: one column of errors at distance 1
+    assert pixel_error_by_distance(gt, shifted).tolist() == [40 / 1600, 0.0, 0.0]
+    shifted2 = np.zeros_like(gt)
+    shifted2[:, :22] = True  # two columns: distance 1 and 2
+    assert pixel_error_by_distance(gt, shifted2).tolist() == [40 / 1600, 40 / 1600, 0.0]
+    far = gt.copy()
+    far[5, 35] = True  # a false cell pixel 16 px from the boundary
+    assert pixel_error_by_distance(gt, far).tolist() == [0.0, 0.0, 1 / 1600]
+    # no boundary at all: every error is far
+    assert pixel_error_by_distance(np.ones((3, 3)), np.eye(3)).tolist() == [0.0, 0.0, 6 / 9]
+    with pytest.raises(ValueError, match="bands"):
+        pixel_error_by_distance(gt, gt, bands=(2.0, 1.0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(gt=arrays(bool, (7, 9)), pred=arrays(bool, (7, 9)))
+def test_pixel_error_by_distance_sums_to_the_pixel_error(gt, pred):
+    assert pixel_error_by_distance(gt, pred, bands=(1.0, 1.5, 3.0)).sum() == pytest.approx(pixel_error(gt, pred))
 
 
 def test_dice_iou_hand_worked_and_empty():

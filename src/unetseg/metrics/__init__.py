@@ -16,7 +16,7 @@ from .ctc import seg_jaccards, seg_score
 from .info import InfoScores, v_info
 from .matching import DSB_THRESHOLDS, average_precision, iou_matrix, match_instances, mean_ap
 from .overlap import dice, dice_from_counts, iou, iou_from_counts
-from .pixel import PixelCounts, pixel_counts, pixel_error, pixel_f1
+from .pixel import PixelCounts, pixel_counts, pixel_error, pixel_error_by_distance, pixel_f1
 from .rand import RandPairs, RandScores, rand_error, rand_index, rand_pairs, rand_scores, thin_boundaries
 from .warping import (
     CLASS_NAMES,
@@ -63,6 +63,7 @@ __all__ = [
     "mean_ap",
     "pixel_counts",
     "pixel_error",
+    "pixel_error_by_distance",
     "pixel_f1",
     "rand_error",
     "rand_index",
