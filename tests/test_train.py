@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,34 @@ def test_resume_with_adam_batchnorm_and_workers_is_exact(tmp_path):
     a = load_file(str(tmp_path / "full" / "model-last.safetensors"))
     b = load_file(str(tmp_path / "part" / "model-last.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_time_fitted_schedule_has_decayed_when_the_time_is_up(tmp_path):
+    def slow(step, loss):  # a machine far slower than 10,000 steps in a second
+        time.sleep(0.05)
+
+    last_lr = {}
+    for fitted in (False, True):
+        cfg = tiny_cfg(schedule={"steps": 10_000, "name": "cosine", "fit_time_limit": fitted}, checkpoint={"every": 10**6, "keep_last": 1})
+        _, res = _run(tmp_path / str(fitted), cfg, time_limit_s=1.0, on_step=slow)
+        assert res.status == "time_limit" and 5 < res.step < 10_000
+        lrs = [r["lr"] for r in read_metrics(tmp_path / str(fitted) / "metrics.jsonl") if r["kind"] == "train"]
+        last_lr[fitted] = lrs[-1]
+        if fitted:
+            assert all(b <= a for a, b in zip(lrs[1:], lrs[2:]))  # decays with the clock after the warm-up
+    assert last_lr[False] > 0.99 * 3e-3  # by steps alone the cosine has hardly started
+    assert last_lr[True] < 0.15 * 3e-3
+
+
+def test_time_limit_counts_the_time_before_a_resume(tmp_path):
+    def slow(step, loss):
+        time.sleep(0.3)
+
+    cfg = tiny_cfg(schedule={"steps": 50, "name": "constant"})
+    _, part = _run(tmp_path / "run", cfg, stop_after=4, on_step=slow)  # ~1.2 s of training, checkpointed
+    assert part.status == "stopped"
+    _, resumed = _run(tmp_path / "run", cfg, resume=True, time_limit_s=1.0)
+    assert resumed.status == "time_limit" and resumed.step == 5  # the limit was already spent: one step
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):

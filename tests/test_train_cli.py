@@ -194,8 +194,9 @@ def test_kill_during_checkpoint_writes_never_leaves_a_bad_checkpoint(tmp_path):
 def test_torchrun_two_processes_keep_parameters_identical(tmp_path, dataset):
     cfg = write_recipe(tmp_path, dataset, steps=4, val=True, val_every=2, ckpt_every=2)
     out = tmp_path / "ddp"
+    # a time-fitted schedule all-reduces its position every step (the limit itself does not bind here)
     cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unetseg", "train",
-           "--config", str(cfg), "--out", str(out), "--no-progress"]
+           "--config", str(cfg), "--out", str(out), "--no-progress", "--minutes", "5", "--set", "schedule.fit_time_limit=true"]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = read_metrics(out / "metrics.jsonl")

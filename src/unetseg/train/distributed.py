@@ -84,6 +84,15 @@ def any_flag(flag: bool, device: torch.device, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
+def max_value(value: float, device: torch.device, info: DistInfo) -> float:
+    """Largest value of a float over ranks (a time-fitted schedule position)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def mean_value(value: float, device: torch.device, info: DistInfo) -> float:
     """Mean of a float over ranks (for logging the loss)."""
     if not info.enabled:

@@ -43,7 +43,7 @@ from ..models import save as save_model
 from . import distributed as dist_util
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .optim import build_optimizer, clip_gradients, lr_at, set_lr
+from .optim import build_optimizer, clip_gradients, lr_at, schedule_position, set_lr
 from .plots import plot_loss_curve, plot_overlay, read_metrics
 from .progress import Progress
 from .validate import metric_mode, validate
@@ -226,7 +226,9 @@ def fit(
     stop_after : int, optional
         Stop (with a checkpoint) once this many steps are done, as if interrupted.
     time_limit_s : float, optional
-        Stop (with a checkpoint and a final validation) after this much wall-clock time.
+        Stop (with a checkpoint and a final validation) after this much wall-clock time,
+        counted over resumes (from the checkpoint's time); ``schedule.fit_time_limit`` also
+        fits the learning-rate schedule to it.
     on_step : callable, optional
         Called as ``on_step(step, loss)`` after every step (tests, custom logging).
 
@@ -268,7 +270,8 @@ def fit(
     total = cfg.schedule.steps
 
     start = 0
-    state: dict[str, Any] = {"best_metric": None, "best_step": None, "bad_validations": 0}
+    # elapsed_s: training wall-clock time up to the checkpoint, so time limits span resumes
+    state: dict[str, Any] = {"best_metric": None, "best_step": None, "bad_validations": 0, "elapsed_s": 0.0}
     if resume:
         path = latest_checkpoint(ckpt_dir)
         if path is None:
@@ -305,6 +308,7 @@ def fit(
     )
 
     def checkpoint(step: int) -> None:
+        state["elapsed_s"] = elapsed()
         if info.is_main:
             save_checkpoint(
                 ckpt_dir,
@@ -364,13 +368,23 @@ def fit(
     signum = None
     step = start
     t_start = time.perf_counter()
+    prior_s = float(state.get("elapsed_s") or 0.0)
+
+    def elapsed() -> float:
+        return prior_s + time.perf_counter() - t_start
+
+    fit_time = cfg.schedule.fit_time_limit and time_limit_s is not None
     window_t, window_steps, running = time.perf_counter(), 0, []
     ddp_model.train()
     try:
         with _StopSignal() as stopper:
             batches = loader if rt.num_workers > 0 else prefetch(loader, cfg.sampling.prefetch)
             for batch in batches:
-                lr = lr_at(cfg.optim, cfg.schedule, step)
+                position: float = step
+                if fit_time and step >= cfg.schedule.warmup_steps:
+                    # the warm-up counts steps; every rank takes the furthest position (equal rates)
+                    position = dist_util.max_value(schedule_position(step, total, elapsed(), time_limit_s), dev, info)
+                lr = lr_at(cfg.optim, cfg.schedule, position)
                 set_lr(optimizer, lr)
                 batch = _to_device(batch, dev, mem)
                 with _seeded(step_seed(rt.seed, step, info.rank), dev):
@@ -414,7 +428,7 @@ def fit(
                     metrics_log.write(rec)
                     window_t, window_steps, running = now, 0, []
                 stop_now = dist_util.any_flag(stopper.signum is not None, dev, info)
-                over_time = time_limit_s is not None and dist_util.any_flag(time.perf_counter() - t_start > time_limit_s, dev, info)
+                over_time = time_limit_s is not None and dist_util.any_flag(elapsed() > time_limit_s, dev, info)
                 validate_now = cfg.validation.every > 0 and step % cfg.validation.every == 0 and step < end
                 if validate_now and not stop_now:
                     if run_validation(step):
@@ -450,7 +464,7 @@ def fit(
         if info.is_main and metrics_log.records:
             with contextlib.suppress(OSError, ValueError):
                 plot_loss_curve(metrics_log.records, run_dir / "loss.png")
-    elapsed = time.perf_counter() - t_start
+    run_s = time.perf_counter() - t_start
     return TrainResult(
         run_dir=run_dir,
         step=step,
@@ -458,7 +472,7 @@ def fit(
         signal=signum,
         best_metric=state["best_metric"],
         best_step=state["best_step"],
-        steps_per_s=(step - start) / elapsed if elapsed > 0 else 0.0,
+        steps_per_s=(step - start) / run_s if run_s > 0 else 0.0,
         history=list(metrics_log.records),
     )
 

@@ -74,6 +74,12 @@ class ScheduleConfig:
         ``poly``: ``(1 - t)^power``.
     min_lr_factor : float
         ``poly``/``cosine``: the rate never falls below ``min_lr_factor * lr``.
+    fit_time_limit : bool
+        When training has a time limit (``runtime.max_minutes`` or ``unetseg train --minutes``),
+        advance the schedule after the warm-up by the elapsed share of that time as well as by
+        steps (whichever is further, :func:`schedule_position`), so the rate has decayed when the time is up even
+        on a machine slower than ``steps`` assumes. The run is then only bit-reproducible when
+        the steps, not the clock, decide the position.
     """
 
     steps: int = 1000
@@ -85,6 +91,7 @@ class ScheduleConfig:
     gamma: float = 0.1
     power: float = 0.9
     min_lr_factor: float = 0.0
+    fit_time_limit: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -95,8 +102,27 @@ class ScheduleConfig:
             raise ConfigError(f"schedule.step_size: must be >= 1, got {self.step_size}")
 
 
-def lr_factor(cfg: ScheduleConfig, step: int) -> float:
-    """Multiplier of the peak learning rate at 0-based ``step``.
+def schedule_position(step: int, steps: int, elapsed_s: float, time_limit_s: float | None) -> float:
+    """Where a time-fitted schedule stands: ``max(step, steps * elapsed_s / time_limit_s)``.
+
+    Capped at ``steps - 1`` (the end of the schedule); just ``step`` without a time limit.
+
+    Examples
+    --------
+    >>> schedule_position(100, 1000, 30.0, 60.0)  # half the time gone after a tenth of the steps
+    500.0
+    >>> schedule_position(700, 1000, 30.0, 60.0)  # faster than planned: the steps decide
+    700.0
+    >>> schedule_position(100, 1000, 90.0, 60.0), schedule_position(100, 1000, 90.0, None)
+    (999.0, 100.0)
+    """
+    if not time_limit_s or time_limit_s <= 0:
+        return float(step)
+    return float(max(step, min(steps - 1, steps * elapsed_s / time_limit_s)))
+
+
+def lr_factor(cfg: ScheduleConfig, step: float) -> float:
+    """Multiplier of the peak learning rate at 0-based ``step`` (fractional for time-fitted runs).
 
     Examples
     --------
@@ -128,8 +154,8 @@ def lr_factor(cfg: ScheduleConfig, step: int) -> float:
     return cfg.min_lr_factor + (1.0 - cfg.min_lr_factor) * f
 
 
-def lr_at(optim: OptimConfig, schedule: ScheduleConfig, step: int) -> float:
-    """The learning rate used for 0-based ``step``."""
+def lr_at(optim: OptimConfig, schedule: ScheduleConfig, step: float) -> float:
+    """The learning rate used for 0-based ``step`` (or a :func:`schedule_position`)."""
     return optim.lr * lr_factor(schedule, step)
 
 
