@@ -4,8 +4,8 @@ and the 30 unlabelled test sections written in the challenge's submission format
     .venv/bin/python benchmarks/isbi2012.py [--minutes 28] [--out /tmp/unetseg-isbi2012]
     .venv/bin/python benchmarks/isbi2012.py --run RUN_DIR      # score an already trained run
 
-Trains ``configs/isbi2012-cpu.yaml`` on sections 00-19 for ``--minutes`` (the schedule length
-comes from a short speed probe, as in ``isbi_vs_monai.py``), then with the final weights (no
+Trains ``configs/isbi2012-cpu.yaml`` on sections 00-19 for ``--minutes`` (the schedule is
+fitted to the time as in ``isbi_vs_monai.py``), then with the final weights (no
 model selection on 20-23):
 
 * predicts 20-23 with overlap-tile + 8-fold TTA and evaluates them with the full ISBI 2012

@@ -9,8 +9,9 @@ normalisation. Scored with the ISBI 2012 protocol (:func:`unetseg.evaluate.evalu
 pixel error, V_rand after thinning, warping error (and its splits-and-mergers part).
 
 unetseg: the recipe in ``--config`` (a valid U-Net with the paper's weight maps and elastic
-deformation); its schedule length is set from a short speed probe so that the schedule ends
-when the time is up, and training stops at the time limit in any case. The final weights are
+deformation); a recipe with ``schedule.fit_time_limit`` fits its learning-rate schedule to
+``--minutes`` as it trains, otherwise the schedule length is set from a short speed probe
+(``--ours-steps`` fixes it instead); training stops at the time limit in any case. The final weights are
 scored (no model selection on 20-23).
 
 MONAI baseline, as the issue defines it: ``BasicUNet(features=(32, 32, 64, 128, 256, 32))``,
@@ -74,7 +75,10 @@ def run_ours(args, val_items) -> dict:
     out = Path(args.out) / "ours"
     steps = args.ours_steps
     t_setup = time.perf_counter()
-    if steps is None:
+    if steps is None and cfg.schedule.fit_time_limit:
+        steps = cfg.schedule.steps  # the recipe fits its schedule to the time limit itself
+        print(f"[ours] schedule of at most {steps} steps, fitted to {args.minutes:g} min as it runs", flush=True)
+    elif steps is None:
         steps, rate = steps_for_budget(cfg, args.minutes, config_path=args.config,
                                        probe_steps=args.probe_steps, warmup=args.probe_warmup)
         print(f"[ours] speed probe: {rate:.3f} steps/s -> schedule of {steps} steps for {args.minutes:g} min", flush=True)
