@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
-from unetseg.metrics import isbi_thresholds, pixel_error_by_distance  # noqa: E402
+from unetseg.metrics import isbi_thresholds, pixel_error, pixel_error_by_distance  # noqa: E402
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
         p = np.load(path).astype(np.float64)
         if p.shape != gt.shape:
             raise SystemExit(f"{path}: expected a stack of shape {gt.shape}, got {p.shape}")
-        errors = [np.mean((p > th) != gt) for th in isbi_thresholds(0.9)]
+        errors = [pixel_error(gt, p > th) for th in isbi_thresholds(0.9)]
         k = int(np.argmin(errors))
         th = isbi_thresholds(0.9)[k]
         pred = p > th
