@@ -42,10 +42,11 @@ _spec.loader.exec_module(side_by_side)
 
 
 def cell_probabilities(model, extra: dict, images: list[np.ndarray]) -> np.ndarray:
-    """Class-1 (cell) probabilities with the model's own normalisation, overlap-tile + 8-fold TTA."""
-    spec = extra.get("normalization")
+    """Class-1 (cell) probabilities with the model's own normalisation and output shift,
+    overlap-tile + 8-fold TTA."""
+    spec, shift = extra.get("normalization"), extra.get("output_shift")
     cpu = torch.device("cpu")
-    return np.stack([predict_probs(model, normalize(im, spec)[None], tta=True, device=cpu)[1] for im in images])
+    return np.stack([predict_probs(model, normalize(im, spec)[None], tta=True, device=cpu, output_shift=shift)[1] for im in images])
 
 
 def main() -> int:

@@ -435,3 +435,70 @@ def test_training_model_is_handed_back_in_training_mode():
     np.testing.assert_array_equal(a, b)  # dropout off while predicting
     assert net.training
     assert all(p.is_contiguous() for p in net.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Output shift (annotations displaced from the image; unetseg.train.calibrate)
+# ----------------------------------------------------------------------------------------------
+from unetseg.errors import ConfigError  # noqa: E402
+from unetseg.predict import shift_probabilities  # noqa: E402
+
+SHIFTS = [(-0.5, 0.0), (0.75, -1.25), (2.0, 0.3), (-2.0, -2.0), (1.0, 0.0), (-0.25, 0.5)]
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_streamed_output_shift_equals_shifting_the_whole_map(shift):
+    """Bands are shifted as they stream (written one band late); the result is the whole map shifted."""
+    net = _net(base=2)
+    img = np.random.default_rng(12).normal(size=(70, 53)).astype(np.float32)
+    ref = predict_image(net, img, tile_shape=20)  # 4 bands of 20 rows
+    got = predict_image(net, img, tile_shape=20, output_shift=shift)
+    np.testing.assert_array_equal(got, shift_probabilities(ref, shift))
+    assert np.abs(got - ref).max() > 0.01
+    np.testing.assert_allclose(got.sum(0), 1.0, atol=1e-6)  # still a distribution over classes
+    target = np.zeros((70, 53), np.uint8)
+    predict_into(net, img[None], target, tile_shape=20, output_shift=shift, transform=lambda p: (p[1] > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(target, (shift_probabilities(ref, shift)[1] > 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize("shift", SHIFTS[:3])
+def test_dask_output_shift_equals_in_memory(shift):
+    import dask.array as da
+
+    net = _net(base=2)
+    img = np.random.default_rng(13).normal(size=(70, 53)).astype(np.float32)
+    ref = predict_image(net, img, tile_shape=20, output_shift=shift)
+    out = predict_dask(net, da.from_array(img, chunks=32), tile_shape=20, chunk_size=32, output_shift=shift).compute(scheduler="threads")
+    assert np.abs(out - ref).max() <= TOL
+
+
+def test_output_shift_integer_is_a_translation_with_edges_repeated():
+    p = np.random.default_rng(0).random((2, 6, 5)).astype(np.float32)
+    moved = shift_probabilities(p, (-1, 2))
+    np.testing.assert_array_equal(moved[:, :-1, 2:], p[:, 1:, :-2])
+    np.testing.assert_array_equal(moved[:, -1, 2:], p[:, -1, :-2])  # the last row repeats
+    np.testing.assert_array_equal(moved[:, :-1, 0], p[:, 1:, 0])
+
+
+@pytest.mark.parametrize("bad", [(0.5,), (3.0, 0.0), ("a", 0), (float("nan"), 0.0)])
+def test_bad_output_shift_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="output_shift"):
+        predict_image(_net(base=2), np.zeros((20, 20), np.float32), output_shift=bad)
+
+
+def test_predict_file_applies_the_model_files_output_shift(tmp_path):
+    d = tmp_path / "shifted"
+    d.mkdir()
+    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "foreground_class": 1, "output_shift": [-0.5, 0.25]})
+    img = np.random.default_rng(3).integers(0, 255, (90, 61), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", img)
+    from unetseg.models import load
+
+    x = normalize(img, {"method": "minmax"})
+    plain = predict_image(load(d), x, tile_shape=36)
+    predict_file(d, tmp_path / "x.npy", tmp_path / "a.tif", tile_shape=36)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "a.tif"), shift_probabilities(plain, (-0.5, 0.25))[1], atol=1e-5)
+    predict_file(d, tmp_path / "x.npy", tmp_path / "b.tif", tile_shape=36, dask_scheduler="threads")
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "b.tif"), tifffile.imread(tmp_path / "a.tif"), atol=1e-5)
+    predict_file(d, tmp_path / "x.npy", tmp_path / "c.tif", tile_shape=36, output_shift=None)  # ignore it
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "c.tif"), plain[1], atol=1e-5)

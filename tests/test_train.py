@@ -228,3 +228,39 @@ def test_early_stopping(tmp_path):
     cfg = tiny_cfg(validation={"every": 1, "metric": "dice", "patience": 2}, optim={"name": "sgd", "lr": 1e-9, "momentum": 0.0})
     _, res = _run(tmp_path / "run", cfg, val_set=val)
     assert res.status == "early_stopped" and res.step == 3
+
+
+class _TilesWithImages(TinyTiles):
+    """TinyTiles plus whole training images, as :class:`unetseg.data.TileDataset` exposes them."""
+
+    def __init__(self, images, *args, **kw):
+        super().__init__(*args, **kw)
+        self.images = images
+
+
+def test_calibration_stores_the_output_shift_in_both_model_files(tmp_path):
+    """With calibration.output_shift the run estimates the shift on its training images at the end,
+    logs it and writes it into the best and the last model file, which prediction then applies."""
+    ds = TinyTiles(60, 60, seed=5)
+    samples = [ds[i] for i in range(3)]
+    # annotations displaced one pixel down from the discs in the images
+    items = [Item(f"t{i}", s["image"].numpy(), np.roll(s["target"].numpy(), 1, axis=0)) for i, s in enumerate(samples)]
+    cfg = tiny_cfg(validation={"every": 4, "metric": "pixel_error"}, schedule={"steps": 8},
+                   calibration={"output_shift": True, "max_images": 2, "min_gain": 0.0})
+    model = make_model(cfg)
+    base = dataset_for(model, cfg)
+    train_set = _TilesWithImages(items, base.in_size, base.out_size, seed=cfg.runtime.seed)
+    res = fit(cfg, model, train_set, tmp_path / "run", val_set=items[:1], model_extra={"foreground_class": 1})
+    assert res.status == "completed"
+    recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    cal = [r for r in recs if r["kind"] == "calibration"]
+    assert len(cal) == 1 and cal[0]["images"] == ["t0", "t2"] and len(cal[0]["output_shift"]) == 2
+    assert [r["kind"] for r in recs].index("calibration") < max(i for i, r in enumerate(recs) if r["kind"] == "val")
+    for name in ("model.safetensors", "model-last.safetensors"):
+        _, meta = load_with_config(tmp_path / "run" / name)
+        assert meta["extra"]["output_shift"] == cal[0]["output_shift"], name
+    # without the option nothing is estimated or stored
+    res = fit(tiny_cfg(), make_model(tiny_cfg()), train_set, tmp_path / "plain")
+    _, meta = load_with_config(tmp_path / "plain")
+    assert "output_shift" not in meta["extra"]
+    assert not [r for r in read_metrics(tmp_path / "plain" / "metrics.jsonl") if r["kind"] == "calibration"]

@@ -194,6 +194,80 @@ def _resolve_channels_last(channels_last: bool | str, device: torch.device, dims
 
 
 # ----------------------------------------------------------------------------------------------
+# Output shift: annotations displaced from the image by a fraction of a pixel
+# ----------------------------------------------------------------------------------------------
+def check_output_shift(shift: Sequence[float] | None, dims: int) -> tuple[float, ...] | None:
+    """``shift`` as a tuple of ``dims`` floats within +-2 pixels, or None when absent or all zero."""
+    if shift is None:
+        return None
+    try:
+        values = tuple(float(v) for v in shift)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"output_shift {shift!r}: expected {dims} numbers (pixels per spatial axis)") from exc
+    if len(values) != dims or not all(math.isfinite(v) and abs(v) <= 2.0 for v in values):
+        raise ConfigError(f"output_shift {list(values)}: expected {dims} finite numbers within +-2 pixels")
+    return values if any(values) else None
+
+
+def shift_probabilities(probs: np.ndarray, shift: Sequence[float]) -> np.ndarray:
+    """Move a ``(classes, *spatial)`` probability map by ``shift`` pixels, linearly interpolated.
+
+    ``out[c, x] = probs[c, x - shift]`` (:func:`scipy.ndimage.shift` with ``order=1``); values
+    beyond the image repeat the edge (``mode="nearest"``), and every output stays a probability
+    distribution over the classes. This is how a model calibrated on annotations that are
+    displaced from the image content (:func:`unetseg.train.calibrate.estimate_output_shift`)
+    places its output where those annotations would be.
+
+    Examples
+    --------
+    >>> p = np.array([[[0.0, 0.0, 1.0, 1.0]]])
+    >>> shift_probabilities(p, (0, -0.5)).tolist()  # half a pixel to the left
+    [[[0.0, 0.5, 1.0, 1.0]]]
+    """
+    from scipy import ndimage as ndi
+
+    probs = np.asarray(probs, dtype=np.float32)
+    if len(shift) != probs.ndim - 1:
+        raise ValueError(f"shift {tuple(shift)} needs one value per spatial axis of {probs.shape[1:]}")
+    return ndi.shift(probs, (0.0, *(float(s) for s in shift)), order=1, mode="nearest", prefilter=False)
+
+
+class _RowShifter:
+    """Applies :func:`shift_probabilities` to bands that arrive in order along axis 0.
+
+    Output row ``r`` needs input rows ``floor(r - s0)`` and the one after it, so a band can be
+    emitted once the next band's first rows are known; bands are emitted late, never twice, and
+    the result equals shifting the whole map at once (rows beyond the image repeat the edge).
+    """
+
+    def __init__(self, shift: Sequence[float], rows: int):
+        self.shift = tuple(float(s) for s in shift)
+        a = math.floor(-self.shift[0])
+        self.before, self.after = max(0, -a), max(0, a + 1)
+        self.rows = rows
+        self.buf: np.ndarray | None = None  # input rows [buf_start, buf_start + len)
+        self.buf_start = 0
+        self.done = 0  # output rows emitted
+
+    def push(self, start: int, band: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        if self.buf is None:
+            self.buf, self.buf_start = band, start
+        else:
+            self.buf = np.concatenate([self.buf, band], axis=1)
+        known = self.buf_start + self.buf.shape[1]
+        stop = self.rows if known >= self.rows else max(self.done, known - self.after)
+        if stop <= self.done:
+            return []
+        idx = np.clip(np.arange(self.done - self.before, stop + self.after), 0, self.rows - 1) - self.buf_start
+        moved = shift_probabilities(np.take(self.buf, idx, axis=1), self.shift)
+        out = [(self.done, moved[:, self.before : self.before + stop - self.done])]
+        self.done = stop
+        keep_from = max(0, self.done - self.before - self.buf_start)
+        self.buf, self.buf_start = self.buf[:, keep_from:], self.buf_start + keep_from
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Streaming core
 # ----------------------------------------------------------------------------------------------
 def _read_mirrored(source: Any, channels: int, ranges: Sequence[tuple[int, int]], offset: Sequence[int] = ()) -> np.ndarray:
@@ -228,6 +302,7 @@ def predict_into(
     progress: bool | Any = False,
     source_shape: Sequence[int] | None = None,
     source_offset: Sequence[int] = (),
+    output_shift: Sequence[float] | None = None,
 ) -> tiling.TilePlan:
     """Segment ``source`` (channels, *spatial) into ``target`` band by band; return the tile plan.
 
@@ -247,6 +322,9 @@ def predict_into(
     source_shape, source_offset : sequence of int, optional
         Spatial size of the image (default: from ``source``) and where image position 0 lies in
         ``source`` (Dask blocks carry their context this way).
+    output_shift : sequence of float, optional
+        Move the probabilities by this many pixels per axis (:func:`shift_probabilities`) before
+        ``transform``; bands are then written one band late.
 
     Other parameters are those of :func:`predict_image`.
     """
@@ -259,6 +337,7 @@ def predict_into(
     shape = tuple(int(s) for s in (source_shape if source_shape is not None else source.shape[1:]))
     if len(shape) != dims:
         raise InputError(f"image has {len(shape)} spatial axes {shape}, the model expects {dims}")
+    shift = check_output_shift(output_shift, dims)
     bs = int(batch_size or 1)
     bytes_per_value = 2 if precision in ("bf16", "fp16") else 4
     if tile_shape is None:
@@ -269,7 +348,7 @@ def predict_into(
     converted = use_cl and not _weights_in_format(model, memory_format(dev, dims))
     runner = _Runner(model, dev, precision, tta, use_cl)
     try:
-        _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset)
+        _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset, shift)
     finally:
         if was_training:  # called from a training loop: hand the model back as it came
             model.train()
@@ -278,13 +357,14 @@ def predict_into(
     return plan
 
 
-def _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset) -> None:
+def _run_plan(model, source, target, plan, runner, dims, channels, shape, preprocess, transform, progress, batch_size, source_offset, shift=None) -> None:
     bs = int(batch_size or 1)
     num_classes = int(getattr(model, "num_classes", 1))
     pre = preprocess or (lambda w: w.astype(np.float32, copy=False))
     bar = _progress_bar(progress, len(plan))
     log.debug("tiling %s into %d tiles of up to %s (efficiency %.3f)", shape, len(plan), plan.axes and tuple(a[0].size for a in plan.axes), plan.efficiency)
     h = plan.halo
+    shifter = _RowShifter(shift, shape[0]) if shift is not None else None
     for band in plan.bands:
         a0 = band[0].axes[0]
         # Input rows of this band along axis 0 (mirrored) and the whole extent of the other axes.
@@ -306,12 +386,14 @@ def _run_plan(model, source, target, plan, runner, dims, channels, shape, prepro
                     band_out[dst] = p[(slice(None), *t.keep_in_tile)]
                 if bar is not None:
                     bar.update(len(chunk))
-        result = transform(band_out) if transform is not None else band_out
-        region = (slice(a0.keep_start, a0.keep_stop), *(slice(0, n) for n in shape[1:]))
-        if result.ndim == dims:
-            target[region] = result
-        else:
-            target[(slice(None), *region)] = result
+        ready = shifter.push(a0.keep_start, band_out) if shifter is not None else [(a0.keep_start, band_out)]
+        for start, rows in ready:
+            result = transform(rows) if transform is not None else rows
+            region = (slice(start, start + rows.shape[1]), *(slice(0, n) for n in shape[1:]))
+            if result.ndim == dims:
+                target[region] = result
+            else:
+                target[(slice(None), *region)] = result
     if bar is not None and progress is True:
         bar.close()
 
@@ -359,6 +441,7 @@ def predict_image(
     margin: int | None = None,
     memory_budget: int | None = None,
     progress: bool | Any = False,
+    output_shift: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Class probabilities of ``image`` by overlap-tile inference.
 
@@ -387,6 +470,9 @@ def predict_image(
         Use the channels_last memory format (default for 2D).
     margin : int, optional
         Same-padding models: pixels discarded at inner window edges.
+    output_shift : sequence of float, optional
+        Move the probabilities by this many pixels per spatial axis (:func:`shift_probabilities`),
+        e.g. a model file's ``extra["output_shift"]``.
 
     Returns
     -------
@@ -405,6 +491,7 @@ def predict_image(
     predict_into(
         model, x, out, tile_shape=tile_shape, tta=tta, device=device, batch_size=batch_size, precision=precision,
         channels_last=channels_last, margin=margin, memory_budget=memory_budget, progress=progress,
+        output_shift=output_shift,
     )
     return out
 
@@ -446,6 +533,7 @@ def predict_dask(
     batch_size: int | None = None,
     precision: str = "fp32",
     chunk_size: int | None = None,
+    output_shift: Sequence[float] | None = None,
 ) -> Any:
     """Lazy class probabilities of a ``dask.array`` via ``map_overlap``; equal to :func:`predict_image`.
 
@@ -456,7 +544,8 @@ def predict_dask(
     segmented with its neighbours' context through ``map_overlap(depth=halo + 2**depth,
     boundary="none")``: the extra ``2**depth`` pixels over the halo let the last (grid-aligned)
     tile of a block see exactly the input the whole-image pass sees. Compute the result with any
-    scheduler (threads, or a ``dask.distributed`` client).
+    scheduler (threads, or a ``dask.distributed`` client). ``output_shift`` moves the result as
+    :func:`shift_probabilities` does, block by block with a 3-pixel overlap.
 
     Returns
     -------
@@ -471,6 +560,7 @@ def predict_dask(
     if darr.ndim != dims + 1 or darr.shape[0] != int(model.in_channels):
         raise InputError(f"dask array of shape {darr.shape}: expected {dims} spatial axes and {model.in_channels} channel(s)")
     shape = tuple(int(s) for s in darr.shape[1:])
+    shift = check_output_shift(output_shift, dims)
     h = int(model.halo)
     step = int(model.size_divisor) if model.padding == sizes.VALID else 1
     context = h + step if model.padding == sizes.VALID else _same_context(model)
@@ -521,7 +611,12 @@ def predict_dask(
     # Prepare the model once here: the blocks run in parallel threads sharing it.
     _Runner(model, resolve_device(device), resolve_precision(precision, resolve_device(device)), tta, _resolve_channels_last("auto", resolve_device(device), dims))
     depth = {0: 0, **{i: context for i in range(1, dims + 1)}}
-    return padded.map_overlap(block_fn, depth=depth, boundary="none", trim=False, dtype=np.float32, chunks=out_chunks, meta=np.empty((0,) * (dims + 1), np.float32))
+    meta = np.empty((0,) * (dims + 1), np.float32)
+    probs = padded.map_overlap(block_fn, depth=depth, boundary="none", trim=False, dtype=np.float32, chunks=out_chunks, meta=meta)
+    if shift is None:
+        return probs
+    near = {0: "none", **{i: "nearest" for i in range(1, dims + 1)}}
+    return probs.map_overlap(lambda b: shift_probabilities(b, shift), depth={0: 0, **{i: 3 for i in range(1, dims + 1)}}, boundary=near, dtype=np.float32, meta=meta)
 
 
 def _same_context(model: nn.Module) -> int:
@@ -759,7 +854,9 @@ def predict_file(
     ``"mask"`` uint8 (binary 0/255 for 1-2 classes, else the argmax class), ``"labels"``
     uint16/uint32 instances (:func:`unetseg.postprocess.instances_from_probabilities`).
     Other keyword arguments go to :func:`predict_into` (``tile_shape``, ``tta``, ``device``,
-    ``batch_size``, ``precision``, ...). With ``dask_scheduler`` (``"threads"``, an address or a
+    ``batch_size``, ``precision``, ``output_shift``, ...); ``output_shift`` defaults to the model's
+    ``extra["output_shift"]`` (set by training with ``calibration.output_shift``; pass ``None``
+    to ignore it). With ``dask_scheduler`` (``"threads"``, an address or a
     ``distributed.Client``) the image is segmented by :func:`predict_dask`.
     """
     from .postprocess import instances_from_probabilities
@@ -767,6 +864,7 @@ def predict_file(
 
     net, meta_extra = load_predictor(model, device=kwargs.get("device"))
     extra = {**meta_extra, **(extra or {})}
+    kwargs.setdefault("output_shift", extra.get("output_shift"))
     spec = normalization if normalization is not None else extra.get("normalization")
     foreground = int(extra.get("foreground_class", 1))
     input_path, output_path = Path(input_path), Path(output_path)
@@ -809,7 +907,7 @@ def _predict_view(net, view, target, pre, transform, dtype, dask_scheduler, prog
     dims = view.ndim - 1
     darr = da.from_array(view, chunks=(view.shape[0],) + (1024,) * dims, asarray=True, fancy=False)
     normed = darr.map_blocks(pre, dtype=np.float32)
-    allowed = {k: v for k, v in kwargs.items() if k in ("tile_shape", "tta", "device", "batch_size", "precision")}
+    allowed = {k: v for k, v in kwargs.items() if k in ("tile_shape", "tta", "device", "batch_size", "precision", "output_shift")}
     probs = predict_dask(net, normed, **allowed)
     result = probs.map_blocks(transform, drop_axis=0, dtype=dtype) if transform is not None else probs
     _store_dask(result, target, dask_scheduler)

@@ -13,6 +13,7 @@ A config file looks like::
     loss: {name: ce, reduction: mean}
     validation: {every: 500, metric: v_rand}
     checkpoint: {every: 500, keep_last: 3}
+    calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
     runtime: {device: auto, precision: auto, seed: 0}
     batch_size: 1
     tile: [388, 388]     # output tile of one sample; the input adds the model's halo
@@ -31,6 +32,7 @@ from ..config import from_dict, load_config
 from ..data import DataConfig
 from ..errors import ConfigError
 from ..losses import LossConfig
+from .calibrate import CalibrationConfig
 from .checkpoint import CheckpointConfig
 from .optim import OptimConfig, ScheduleConfig
 
@@ -175,6 +177,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     batch_size: int = 1
     tile: list[int] = field(default_factory=lambda: [388, 388])

@@ -39,8 +39,10 @@ from ..config import dump_config
 from ..data import prefetch
 from ..errors import ConfigError, TrainingError
 from ..losses import build_loss
+from ..models import load_with_config
 from ..models import save as save_model
 from . import distributed as dist_util
+from .calibrate import calibrate_model
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, clip_gradients, lr_at, schedule_position, set_lr
@@ -338,6 +340,7 @@ def fit(
                 tile=cfg.validation.tile,
                 keep=cfg.validation.overlays,
                 thresholds=cfg.validation.thresholds,
+                output_shift=extra.get("output_shift"),
             )
             model.train()
             if rt.channels_last and spatial_dims in (2, 3):
@@ -362,6 +365,28 @@ def fit(
             stop = patience is not None and state["bad_validations"] >= patience
         stop = dist_util.broadcast_object(stop, info)
         return bool(stop)
+
+    def calibrate(step: int) -> None:
+        """Estimate the output shift on the training images (rank 0) and store it in the model files."""
+        images = getattr(train_set, "images", None)
+        if info.is_main and not images:
+            log.warning("calibration.output_shift: the training set (%s) exposes no images; no shift estimated", type(train_set).__name__)
+        elif info.is_main:
+            t0 = time.perf_counter()
+            shift, report = calibrate_model(model, images, cfg.calibration, device=dev, precision=precision)
+            model.train()
+            if rt.channels_last and spatial_dims in (2, 3):
+                model.to(memory_format=mem)
+            extra["output_shift"] = list(shift)
+            metrics_log.write({"kind": "calibration", "step": step, **report, "seconds": round(time.perf_counter() - t0, 2)})
+            bar.message("output shift %s (cross-entropy %.4f -> %.4f on %d training images)" % (
+                list(shift), report["cross_entropy_unshifted"], report["cross_entropy_shifted"], len(report["images"])))
+            save_model(model, run_dir / "model-last.safetensors", extra={**extra, "training": {**extra["training"], "step": step}})
+            best = run_dir / "model.safetensors"
+            if best.is_file():  # the best model of this run: the same annotations, the same shift
+                best_model, meta = load_with_config(best)
+                save_model(best_model, run_dir, extra={**meta.get("extra", {}), "output_shift": list(shift)})
+        dist_util.barrier(info)
 
     bar = Progress(total, start, enabled=progress and info.is_main, every_s=rt.progress_every_s)
     status = "completed"
@@ -445,6 +470,9 @@ def fit(
                 if over_time:
                     status = "time_limit"
                     break
+        finished = status in ("time_limit", "early_stopped") or (status == "completed" and step >= total)
+        if finished and cfg.calibration.output_shift:
+            calibrate(step)
         if status == "completed" and step < total:  # stop_after reached before the end
             status = "stopped"
             if step % cfg.checkpoint.every != 0:

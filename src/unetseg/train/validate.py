@@ -33,11 +33,12 @@ def metric_mode(name: str, mode: str = "auto") -> str:
     raise ConfigError(f"validation.metric {name!r}: set validation.mode to max or min for this metric")
 
 
-def predict_probs(model: nn.Module, image: np.ndarray, *, tta: bool = False, tile=None, device=None, precision: str = "fp32") -> np.ndarray:
-    """Probabilities ``(num_classes, *spatial)`` by overlap-tile prediction (8-fold TTA optional)."""
+def predict_probs(model: nn.Module, image: np.ndarray, *, tta: bool = False, tile=None, device=None, precision: str = "fp32", output_shift=None) -> np.ndarray:
+    """Probabilities ``(num_classes, *spatial)`` by overlap-tile prediction (8-fold TTA and an
+    output shift, :func:`unetseg.predict.shift_probabilities`, optional)."""
     from ..predict import predict_image
 
-    return np.asarray(predict_image(model, image, tile_shape=tile, tta=tta, device=device, precision=precision), dtype=np.float32)
+    return np.asarray(predict_image(model, image, tile_shape=tile, tta=tta, device=device, precision=precision, output_shift=output_shift), dtype=np.float32)
 
 
 def binary_metrics(prob: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None, threshold: float = 0.5) -> dict[str, float]:
@@ -79,12 +80,13 @@ def validate(
     tile=None,
     keep: int = 0,
     thresholds: Sequence[float] = (0.5,),
+    output_shift: Sequence[float] | None = None,
 ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Mean metrics over ``items`` (``name``, ``image``, ``target``, optional ``ignore``).
 
     With several ``thresholds`` each metric is reported at its best threshold (one threshold for
-    all images, as the ISBI protocol does). Returns the metrics and the foreground probability
-    maps of the first ``keep`` items.
+    all images, as the ISBI protocol does); ``output_shift`` moves the probabilities first.
+    Returns the metrics and the foreground probability maps of the first ``keep`` items.
     """
     was_training = model.training
     model.eval()
@@ -92,7 +94,7 @@ def validate(
     rows: list[list[dict[str, float]]] = [[] for _ in ths]
     kept = []
     for i, item in enumerate(items):
-        probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision)
+        probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision, output_shift=output_shift)
         fg = probs[foreground_class]
         target = np.asarray(item.target)
         ignore = getattr(item, "ignore", None)
