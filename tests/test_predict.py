@@ -502,3 +502,16 @@ def test_predict_file_applies_the_model_files_output_shift(tmp_path):
     np.testing.assert_allclose(tifffile.imread(tmp_path / "b.tif"), tifffile.imread(tmp_path / "a.tif"), atol=1e-5)
     predict_file(d, tmp_path / "x.npy", tmp_path / "c.tif", tile_shape=36, output_shift=None)  # ignore it
     np.testing.assert_allclose(tifffile.imread(tmp_path / "c.tif"), plain[1], atol=1e-5)
+
+
+def test_cli_applies_the_output_shift_unless_told_not_to(tmp_path):
+    d = tmp_path / "shifted"
+    d.mkdir()
+    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "foreground_class": 1, "output_shift": [1.0, 0.0]})
+    img = np.random.default_rng(4).integers(0, 255, (50, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    assert main(["predict", "--model", str(d), str(tmp_path / "x.tif"), "--out", str(tmp_path / "a"), "--tile", "36"]) == 0
+    assert main(["predict", "--model", str(d), str(tmp_path / "x.tif"), "--out", str(tmp_path / "b"), "--tile", "36", "--no-output-shift"]) == 0
+    a, b = tifffile.imread(tmp_path / "a" / "x.tif"), tifffile.imread(tmp_path / "b" / "x.tif")
+    np.testing.assert_allclose(a[1:], b[:-1], atol=1e-6)  # moved down by one row
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # the first row repeats

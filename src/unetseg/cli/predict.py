@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy"], help="output file format")
+    p.add_argument("--no-output-shift", action="store_true",
+                   help="ignore the output shift calibrated in training (the model file's extra.output_shift)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="segment with Dask: 'threads' or a distributed scheduler address")
     p.set_defaults(func=run)
 
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 model, path, out / name, extra=extra, output=args.output, threshold=args.threshold, split=args.split,
                 min_size=args.min_size, tile_shape=args.tile, tta=args.tta, device=args.device, batch_size=args.batch,
                 precision=args.precision, progress=tile_bar, dask_scheduler=args.dask_scheduler,
+                **({"output_shift": None} if args.no_output_shift else {}),
             )
             log.debug("%s -> %s", path, out / name)
     finally:
