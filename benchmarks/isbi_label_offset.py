@@ -8,7 +8,8 @@
    displacement at which the labels fit the image best; a label grid aligned with the image
    would give ``dy = 0``.
 2. For each ``--run RUN --probs PROBS.npy`` pair (a run folder of ``benchmarks/isbi_vs_monai.py``
-   and the probability stack of sections 20-23 it saved): the output shift estimated on the
+   trained without ``calibration.output_shift`` and the probability stack of sections 20-23 it
+   saved; calibrated runs are skipped, their stacks are shifted already): the output shift estimated on the
    training sections with the run's final weights (:func:`unetseg.train.calibrate.calibrate_model`,
    the recipe's settings), and the ISBI 2012 protocol on 20-23 without and with that shift. The
    shift never looks at 20-23.
@@ -93,9 +94,11 @@ def main() -> int:
         print(f"   {'run':<28} {'shift (y, x)':>14} {'pixel error':>18} {'V_rand':>16} {'warping':>18}")
         for run, probs_path in zip(args.run, args.probs):
             run = Path(run)
-            model, _ = load_with_config(run / "model-last.safetensors")
-            cfg = load_train_config(run / "config.yaml")
-            calib = cfg.calibration
+            model, meta = load_with_config(run / "model-last.safetensors")
+            if meta["extra"].get("output_shift") is not None:  # its saved probabilities are shifted already
+                print(f"   {str(run):<28} trained with calibration (shift {meta['extra']['output_shift']}): nothing to re-score")
+                continue
+            calib = load_train_config(run / "config.yaml").calibration
             shift, _report = calibrate_model(model, train_items, calib, device=torch.device("cpu"))
             probs = np.load(probs_path)
             before = protocol(probs, gt)
