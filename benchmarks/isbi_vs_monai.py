@@ -69,7 +69,9 @@ def run_ours(args, val_items) -> dict:
         cfg,
         val_data=None,
         validation=dataclasses.replace(cfg.validation, every=0),
-        checkpoint=dataclasses.replace(cfg.checkpoint, every=10**9),
+        # no checkpoints in the timed run unless asked for (--set checkpoint.every=N keeps them)
+        checkpoint=cfg.checkpoint if any(o.startswith("checkpoint.") for o in args.overrides)
+        else dataclasses.replace(cfg.checkpoint, every=10**9),
         runtime=dataclasses.replace(cfg.runtime, log_every=25),
     )
     out = Path(args.out) / "ours"
@@ -111,14 +113,17 @@ def run_monai(args, train_items, val_items) -> dict:
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32))
-    model = model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    precision = args.monai_precision
+    # the memory format that is faster for training, by the same rule as ours: channels-last under
+    # bf16 autocast; contiguous in fp32, where this CPU trains the baseline 1.4x faster than in channels-last
+    fmt = torch.channels_last if runtime.training_channels_last("auto", device, precision) else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     images = [it.image[0] for it in train_items]
     labels = [(it.target > 0).astype(np.int64) for it in train_items]
     crop, batch = 256, 4
-    device = torch.device("cpu")
-    precision = args.monai_precision
 
     def sample():
         xs, ys = [], []
@@ -136,7 +141,7 @@ def run_monai(args, train_items, val_items) -> dict:
                 x, y = x[::-1], y[::-1]
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
-        return (torch.from_numpy(np.stack(xs)[:, None]).contiguous(memory_format=torch.channels_last),
+        return (torch.from_numpy(np.stack(xs)[:, None]).contiguous(memory_format=fmt),
                 torch.from_numpy(np.stack(ys)[:, None]))
 
     budget = args.minutes * 60
@@ -161,7 +166,7 @@ def run_monai(args, train_items, val_items) -> dict:
 
     def predictor(t):
         with runtime.autocast(device, precision):
-            return model(t.contiguous(memory_format=torch.channels_last)).float()
+            return model(t.contiguous(memory_format=fmt)).float()
 
     t1 = time.perf_counter()
     probs = []

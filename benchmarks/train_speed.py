@@ -1,10 +1,13 @@
-"""Training speed of the ISBI CPU recipe: steps/s with bf16 autocast vs fp32, in one run.
+"""Training speed of the ISBI CPU recipe: steps/s with bf16 autocast vs fp32, and of the two
+memory formats in fp32, in one run.
 
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/train_speed.py [--steps 30] [--config configs/isbi2012-cpu.yaml]
 
-Each precision trains ``--steps`` steps of the recipe (same data, seed, tiles) after
-``--warmup`` untimed steps; the order alternates over ``--rounds`` to even out the load of a
-shared machine. Prints steps/s of each and the bf16/fp32 ratio.
+Each variant (fp32 contiguous, fp32 channels-last, bf16 autocast channels-last) trains
+``--steps`` steps of the recipe (same data, seed, tiles) after ``--warmup`` untimed steps; the
+order rotates over ``--rounds`` to even out the load of a shared machine. Prints steps/s of each
+(best of the rounds), the bf16/fp32 ratio and the channels-last/contiguous ratio in fp32 (what
+``runtime.channels_last: auto`` decides on).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from unetseg.train.config import load_train_config  # noqa: E402
 from unetseg.train.setup import train_from_config  # noqa: E402
 
 
-def timed_run(cfg, config_path: Path, precision: str, steps: int, warmup: int) -> float:
-    rt = dataclasses.replace(cfg.runtime, precision=precision, log_every=10**6)
+VARIANTS = {"fp32": ("fp32", False), "fp32 channels-last": ("fp32", True), "bf16 channels-last": ("bf16", True)}
+
+
+def timed_run(cfg, config_path: Path, precision: str, channels_last: bool, steps: int, warmup: int) -> float:
+    rt = dataclasses.replace(cfg.runtime, precision=precision, channels_last=channels_last, log_every=10**6)
     val = dataclasses.replace(cfg.validation, every=0)
     ck = dataclasses.replace(cfg.checkpoint, every=10**9)
     sch = dataclasses.replace(cfg.schedule, steps=warmup + steps + 1)
@@ -58,16 +64,18 @@ def main() -> int:
     cfg = load_train_config(args.config, args.overrides)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 native: {runtime.cpu_supports_bf16()}")
     print(f"recipe {args.config}: {cfg.model.arch} {cfg.model.args}, tile {cfg.tile}, batch {cfg.batch_size}")
-    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    names = list(VARIANTS)
+    rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
-        order = ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")
-        for prec in order:
-            rate = timed_run(cfg, Path(args.config), prec, args.steps, args.warmup)
-            rates[prec].append(rate)
-            print(f"round {r + 1} {prec}: {rate:.3f} steps/s")
-    fp32 = max(rates["fp32"])
-    bf16 = max(rates["bf16"])
-    print(f"fp32 {fp32:.3f} steps/s | bf16 {bf16:.3f} steps/s | bf16/fp32 = {bf16 / fp32:.2f}x (best of {args.rounds})")
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            prec, cl = VARIANTS[name]
+            rate = timed_run(cfg, Path(args.config), prec, cl, args.steps, args.warmup)
+            rates[name].append(rate)
+            print(f"round {r + 1} {name}: {rate:.3f} steps/s", flush=True)
+    best = {name: max(v) for name, v in rates.items()}
+    print(" | ".join(f"{name} {v:.3f} steps/s" for name, v in best.items()) + f" (best of {args.rounds})")
+    print(f"bf16/fp32 = {best['bf16 channels-last'] / best['fp32 channels-last']:.2f}x (both channels-last); "
+          f"fp32 channels-last/contiguous = {best['fp32 channels-last'] / best['fp32']:.2f}x")
     return 0
 
 

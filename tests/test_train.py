@@ -15,6 +15,7 @@ from unetseg.config import from_dict
 from unetseg.errors import TrainingError
 from unetseg.models import UNet, load_with_config
 from unetseg.train import TrainConfig, fit, latest_checkpoint, seed_model_init
+from unetseg.train.checkpoint import list_checkpoints, read_checkpoint
 from unetseg.train.plots import read_metrics
 
 
@@ -264,3 +265,59 @@ def test_calibration_stores_the_output_shift_in_both_model_files(tmp_path):
     _, meta = load_with_config(tmp_path / "plain")
     assert "output_shift" not in meta["extra"]
     assert not [r for r in read_metrics(tmp_path / "plain" / "metrics.jsonl") if r["kind"] == "calibration"]
+
+
+# ------------------------------------------------------------------ weight averaging
+
+
+def _checkpoint_states(run) -> dict[int, dict[str, torch.Tensor]]:
+    return {step: read_checkpoint(path)[0] for step, path in list_checkpoints(run / "checkpoints")}
+
+
+@pytest.mark.parametrize("decay, start, first", [(1.0, 0.5, 5), (1.0, 0.0, 1)])
+def test_training_saves_the_mean_of_the_weights_since_start(tmp_path, decay, start, first):
+    """With a checkpoint after every step, the saved model is the mean of the raw weights after
+    steps ``first``..8 (``start`` = 0.5 of 8 steps: the updates after steps 5-8)."""
+    cfg = tiny_cfg(checkpoint={"every": 1, "keep_last": 100}, averaging={"enabled": True, "decay": decay, "start": start},
+                   model={"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4, "norm": "batch"}})
+    _run(tmp_path / "run", cfg)
+    raw = _checkpoint_states(tmp_path / "run")
+    assert sorted(raw) == list(range(1, 9))
+    saved = load_file(str(tmp_path / "run" / "model-last.safetensors"))
+    floats = [k for k, v in saved.items() if v.is_floating_point()]
+    for key in floats:
+        mean = torch.stack([raw[s][key] for s in range(first, 9)]).mean(0)
+        assert torch.allclose(saved[key], mean, atol=1e-6), key
+    assert any(not torch.allclose(saved[k], raw[8][k], atol=1e-6) for k in floats)  # not the last weights
+    _, meta = load_with_config(tmp_path / "run")
+    assert meta["extra"]["training"]["averaged_steps"] == 9 - first
+
+
+def test_without_averaging_the_last_weights_are_saved(tmp_path):
+    cfg = tiny_cfg()
+    _run(tmp_path / "run", cfg)
+    saved = load_file(str(tmp_path / "run" / "model-last.safetensors"))
+    raw = _checkpoint_states(tmp_path / "run")[8]
+    assert all(torch.equal(saved[k], raw[k]) for k in saved)
+    _, meta = load_with_config(tmp_path / "run")
+    assert "averaged_steps" not in meta["extra"]["training"]
+
+
+def test_resume_with_averaging_is_exact(tmp_path):
+    cfg = tiny_cfg(averaging={"enabled": True, "decay": 0.7, "start": 0.25})
+    _run(tmp_path / "full", cfg)
+    part = _run(tmp_path / "part", cfg, stop_after=3)[1]
+    assert part.status == "stopped"
+    _run(tmp_path / "part", cfg, resume=True)
+    a = load_file(str(tmp_path / "full" / "model-last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "model-last.safetensors"))
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-6
+    _, meta = load_with_config(tmp_path / "part" / "model-last.safetensors")
+    assert meta["extra"]["training"]["averaged_steps"] == 6
+
+
+def test_resume_needs_the_average_the_config_asks_for(tmp_path):
+    _run(tmp_path / "run", tiny_cfg(), stop_after=4)
+    cfg = tiny_cfg(averaging={"enabled": True})
+    with pytest.raises(TrainingError, match="no weight average"):
+        _run(tmp_path / "run", cfg, resume=True)

@@ -79,6 +79,30 @@ def memory_format(device: torch.device, spatial_dims: int = 2) -> torch.memory_f
     return torch.channels_last_3d if spatial_dims == 3 else torch.contiguous_format
 
 
+def training_channels_last(setting: bool | str, device: torch.device, precision: str, spatial_dims: int = 2) -> bool:
+    """Whether training runs in the channels-last memory format.
+
+    ``"auto"``: yes on CUDA and under bf16/fp16 autocast, no for fp32 on a CPU. oneDNN's
+    *backward* convolutions in fp32 are slower in channels-last on the development CPU: one
+    training step of the ISBI CPU recipe takes 1.36x as long as with contiguous tensors
+    (``benchmarks/train_speed.py``), although the forward pass alone is faster in channels-last.
+
+    Examples
+    --------
+    >>> training_channels_last("auto", torch.device("cpu"), "fp32")
+    False
+    >>> training_channels_last("auto", torch.device("cpu"), "bf16")
+    True
+    >>> training_channels_last(True, torch.device("cpu"), "fp32", spatial_dims=1)
+    False
+    """
+    if spatial_dims not in (2, 3):
+        return False
+    if setting == "auto":
+        return device.type == "cuda" or precision in ("bf16", "fp16")
+    return bool(setting)
+
+
 def configure_threads(num_threads: int | None = None) -> int:
     """Set PyTorch intra-op threads (default: the CPUs this process may use) and return it."""
     if num_threads is None:

@@ -6,12 +6,14 @@ Typical use (what ``unetseg train`` does)::
     result = fit(cfg, model, train_set, "runs/isbi", val_set=val_items, model_extra=extra)
 """
 
+from .averaging import AveragingConfig, WeightAverage
 from .checkpoint import CheckpointConfig, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ModelConfig, RuntimeConfig, TrainConfig, ValidationConfig, load_train_config
 from .loop import StepBatchSampler, TrainResult, fit, seed_model_init, step_seed
 from .optim import OptimConfig, ScheduleConfig, build_optimizer, lr_at, lr_factor
 
 __all__ = [
+    "AveragingConfig",
     "CheckpointConfig",
     "ModelConfig",
     "OptimConfig",
@@ -21,6 +23,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "ValidationConfig",
+    "WeightAverage",
     "build_optimizer",
     "fit",
     "latest_checkpoint",

@@ -143,11 +143,14 @@ def save_checkpoint(
     *,
     state: dict[str, Any] | None = None,
     keep_last: int | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint after ``step`` steps into ``folder`` atomically; return its path.
 
     ``state`` is JSON-able training state (history, best metric, sampler position...).
     ``keep_last`` deletes all but the newest ``keep_last`` checkpoints afterwards.
+    ``averaged`` is the state of a weight average (:mod:`unetseg.train.averaging`), written to
+    ``averaged.safetensors`` (read back by :func:`read_averaged`).
     """
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
@@ -169,6 +172,9 @@ def save_checkpoint(
         _fsync_file(tmp / "model.safetensors")
         save_file({**opt_tensors, **_rng_state()}, str(tmp / "optimizer.safetensors"))
         _fsync_file(tmp / "optimizer.safetensors")
+        if averaged is not None:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in averaged.items()}, str(tmp / "averaged.safetensors"))
+            _fsync_file(tmp / "averaged.safetensors")
         _write_json(tmp / "state.json", meta)  # written last: its presence marks completeness
     _fsync_dir(root)
     if keep_last is not None:
@@ -230,6 +236,17 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if meta.get("format_version") != FORMAT_VERSION:
         raise TrainingError(f"{p}/state.json: format_version {meta.get('format_version')!r} is not supported")
     return model_state, opt, meta
+
+
+def read_averaged(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The weight average stored in a checkpoint folder, or None when it holds none."""
+    p = Path(path) / "averaged.safetensors"
+    if not p.is_file():
+        return None
+    try:
+        return load_file(str(p))
+    except (OSError, SafetensorError) as exc:
+        raise TrainingError(f"{p}: unreadable weight average ({exc})") from exc
 
 
 def load_checkpoint(

@@ -14,6 +14,7 @@ A config file looks like::
     validation: {every: 500, metric: v_rand}
     checkpoint: {every: 500, keep_last: 3}
     calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
+    averaging: {enabled: false}          # unetseg.train.averaging.AveragingConfig
     runtime: {device: auto, precision: auto, seed: 0}
     batch_size: 1
     tile: [388, 388]     # output tile of one sample; the input adds the model's halo
@@ -32,6 +33,7 @@ from ..config import from_dict, load_config
 from ..data import DataConfig
 from ..errors import ConfigError
 from ..losses import LossConfig
+from .averaging import AveragingConfig
 from .calibrate import CalibrationConfig
 from .checkpoint import CheckpointConfig
 from .optim import OptimConfig, ScheduleConfig
@@ -131,8 +133,10 @@ class RuntimeConfig:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the CLI's ``--device`` wins).
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``auto``: bf16 autocast on CPUs with native bf16 and on recent GPUs, fp32 on other CPUs.
-    channels_last : bool
-        Use the channels-last memory format for 2D networks.
+    channels_last : bool or "auto"
+        Train in the channels-last memory format (2D and 3D networks). ``auto``: on CUDA and
+        under bf16/fp16 autocast, not for fp32 on a CPU (slower there,
+        :func:`unetseg.runtime.training_channels_last`).
     threads : int, optional
         PyTorch intra-op threads per process (default: the CPUs available / processes).
     num_workers : int
@@ -152,7 +156,7 @@ class RuntimeConfig:
 
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    channels_last: bool | Literal["auto"] = "auto"
     threads: int | None = None
     num_workers: int = 0
     seed: int = 0
@@ -178,6 +182,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     batch_size: int = 1
     tile: list[int] = field(default_factory=lambda: [388, 388])

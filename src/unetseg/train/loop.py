@@ -11,7 +11,8 @@ Every random choice of step ``k`` is a pure function of ``(seed, k, rank)``:
 - the learning rate is a function of ``k`` (:func:`unetseg.train.optim.lr_at`).
 
 A checkpoint therefore needs only the weights, the optimiser state and ``k`` to continue
-exactly; the torch RNG state is stored too, for code outside the step.
+exactly (plus the weight average, :mod:`unetseg.train.averaging`, when one is kept); the torch
+RNG state is stored too, for code outside the step.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from ..losses import build_loss
 from ..models import load_with_config
 from ..models import save as save_model
 from . import distributed as dist_util
+from .averaging import WeightAverage
 from .calibrate import calibrate_model
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, read_averaged, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, clip_gradients, lr_at, schedule_position, set_lr
 from .plots import plot_loss_curve, plot_overlay, read_metrics
@@ -250,7 +252,8 @@ def fit(
     dev = dist_util.device_for(dev, info)
     precision = runtime.resolve_precision(rt.precision, dev)
     spatial_dims = getattr(model, "spatial_dims", 2)
-    mem = runtime.memory_format(dev, spatial_dims) if rt.channels_last else torch.contiguous_format
+    use_cl = runtime.training_channels_last(rt.channels_last, dev, precision, spatial_dims)
+    mem = runtime.memory_format(dev, spatial_dims) if use_cl else torch.contiguous_format
     if dev.type == "cpu":
         runtime.configure_allocator()
     if rt.threads is not None:
@@ -266,10 +269,11 @@ def fit(
     dist_util.barrier(info)
 
     model = model.to(dev)
-    if spatial_dims in (2, 3) and rt.channels_last:
+    if use_cl:
         model = model.to(memory_format=mem)
     optimizer = build_optimizer(cfg.optim, model.parameters())
     total = cfg.schedule.steps
+    averager = WeightAverage(model, cfg.averaging.decay) if cfg.averaging.enabled else None
 
     start = 0
     # elapsed_s: training wall-clock time up to the checkpoint, so time limits span resumes
@@ -280,6 +284,11 @@ def fit(
             raise TrainingError(f"{ckpt_dir}: no complete checkpoint to resume from")
         meta = load_checkpoint(path, model, optimizer)
         start = int(meta["step"])
+        if averager is not None:
+            tensors = read_averaged(path)
+            if tensors is None:
+                raise TrainingError(f"{path}: holds no weight average, but averaging.enabled is true in this config")
+            averager.load(tensors, int(meta.get("state", {}).get("averaging_count", 0)))
         state.update(meta.get("state", {}).get("history", {}))
         if info.is_main:
             _trim_metrics(run_dir / "metrics.jsonl", start)
@@ -309,21 +318,40 @@ def fit(
         persistent_workers=False,
     )
 
+    def weights() -> nn.Module:
+        """The network that is validated, calibrated and saved: the weight average once it has started."""
+        return averager.module if averager is not None and averager.count > 0 else model
+
+    def training_extra(step: int, **more: Any) -> dict[str, Any]:
+        info_ = {**extra["training"], "step": step, **more}
+        if averager is not None:
+            info_["averaged_steps"] = averager.count
+        return {**extra, "training": info_}
+
     def checkpoint(step: int) -> None:
         state["elapsed_s"] = elapsed()
         if info.is_main:
+            ckpt_state = {"history": state, "seed": rt.seed, "world_size": info.world_size, "batch_size": cfg.batch_size}
+            if averager is not None:
+                ckpt_state["averaging_count"] = averager.count
             save_checkpoint(
                 ckpt_dir,
                 step,
                 model,
                 optimizer,
-                state={"history": state, "seed": rt.seed, "world_size": info.world_size, "batch_size": cfg.batch_size},
+                state=ckpt_state,
                 keep_last=cfg.checkpoint.keep_last,
+                averaged=averager.state_dict() if averager is not None else None,
             )
-            save_model(model, run_dir / "model-last.safetensors", extra={**extra, "training": {**extra["training"], "step": step}})
+            save_model(weights(), run_dir / "model-last.safetensors", extra=training_extra(step))
             if not val_set:
-                save_model(model, run_dir, extra={**extra, "training": {**extra["training"], "step": step}})
+                save_model(weights(), run_dir, extra=training_extra(step))
         dist_util.barrier(info)
+
+    def restore_training_mode() -> None:
+        model.train()
+        if use_cl:
+            model.to(memory_format=mem)  # the predictor may hand the weights back contiguous
 
     def run_validation(step: int) -> bool:
         """Validate on rank 0; returns True when early stopping says stop (on every rank)."""
@@ -331,7 +359,7 @@ def fit(
         if info.is_main and val_set:
             t0 = time.perf_counter()
             metrics, probs = validate(
-                model,
+                weights(),
                 val_set,
                 device=dev,
                 precision=precision,
@@ -342,9 +370,7 @@ def fit(
                 thresholds=cfg.validation.thresholds,
                 output_shift=extra.get("output_shift"),
             )
-            model.train()
-            if rt.channels_last and spatial_dims in (2, 3):
-                model.to(memory_format=mem)  # the predictor may hand the weights back contiguous
+            restore_training_mode()
             value = metrics.get(metric_name)
             if value is None:
                 raise ConfigError(f"validation.metric {metric_name!r}: not computed; available: {', '.join(sorted(metrics))}")
@@ -353,7 +379,7 @@ def fit(
                 state["best_metric"] = float(value)
                 state["best_step"] = step
                 state["bad_validations"] = 0
-                save_model(model, run_dir, extra={**extra, "training": {**extra["training"], "step": step, metric_name: float(value)}})
+                save_model(weights(), run_dir, extra=training_extra(step, **{metric_name: float(value)}))
             else:
                 state["bad_validations"] = int(state["bad_validations"]) + 1
             metrics_log.write({"kind": "val", "step": step, "metrics": metrics, "best": improved, "seconds": round(time.perf_counter() - t0, 2)})
@@ -373,15 +399,13 @@ def fit(
             log.warning("calibration.output_shift: the training set (%s) exposes no images; no shift estimated", type(train_set).__name__)
         elif info.is_main:
             t0 = time.perf_counter()
-            shift, report = calibrate_model(model, images, cfg.calibration, device=dev, precision=precision)
-            model.train()
-            if rt.channels_last and spatial_dims in (2, 3):
-                model.to(memory_format=mem)
+            shift, report = calibrate_model(weights(), images, cfg.calibration, device=dev, precision=precision)
+            restore_training_mode()
             extra["output_shift"] = list(shift)
             metrics_log.write({"kind": "calibration", "step": step, **report, "seconds": round(time.perf_counter() - t0, 2)})
             bar.message("output shift %s (cross-entropy %.4f -> %.4f on %d training images)" % (
                 list(shift), report["cross_entropy_unshifted"], report["cross_entropy_shifted"], len(report["images"])))
-            save_model(model, run_dir / "model-last.safetensors", extra={**extra, "training": {**extra["training"], "step": step}})
+            save_model(weights(), run_dir / "model-last.safetensors", extra=training_extra(step))
             best = run_dir / "model.safetensors"
             if best.is_file():  # the best model of this run: the same annotations, the same shift
                 best_model, meta = load_with_config(best)
@@ -438,6 +462,8 @@ def fit(
                         loss.backward()
                         gnorm = clip_gradients(model, cfg.optim.grad_clip) if cfg.optim.grad_clip else None
                         optimizer.step()
+                if averager is not None and position >= cfg.averaging.start * total:
+                    averager.update(model)
                 step += 1
                 running.append(value)
                 window_steps += 1
