@@ -321,3 +321,27 @@ def test_resume_needs_the_average_the_config_asks_for(tmp_path):
     cfg = tiny_cfg(averaging={"enabled": True})
     with pytest.raises(TrainingError, match="no weight average"):
         _run(tmp_path / "run", cfg, resume=True)
+
+
+# ------------------------------------------------------------------ memory format
+
+
+@pytest.mark.parametrize("setting, channels_last", [("auto", False), (True, True), (False, False)])
+def test_fp32_cpu_training_trains_contiguous_unless_asked(tmp_path, setting, channels_last):
+    """``runtime.channels_last: auto`` trains fp32 on a CPU in the contiguous format (faster for
+    backward convolutions there); ``true`` forces channels-last. The batches follow the weights."""
+    cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 3, "channels_last": setting},
+                   schedule={"steps": 2})
+    model = make_model(cfg)
+    seen = []
+
+    def hook(module, args):
+        seen.append(args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous())
+
+    # the second convolution: its input has several channels, so the two formats differ
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    conv.register_forward_pre_hook(hook)
+    fit(cfg, model, dataset_for(model, cfg), tmp_path / "run")
+    assert len(seen) == 2 and all(s == channels_last for s in seen)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert conv.weight.is_contiguous(memory_format=fmt)

@@ -84,7 +84,7 @@ def training_channels_last(setting: bool | str, device: torch.device, precision:
 
     ``"auto"``: yes on CUDA and under bf16/fp16 autocast, no for fp32 on a CPU. oneDNN's
     *backward* convolutions in fp32 are slower in channels-last on the development CPU: one
-    training step of the ISBI CPU recipe takes 1.36x as long as with contiguous tensors
+    training step of the ISBI CPU recipe takes 1.33x as long as with contiguous tensors
     (``benchmarks/train_speed.py``), although the forward pass alone is faster in channels-last.
 
     Examples

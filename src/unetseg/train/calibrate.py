@@ -141,15 +141,18 @@ def estimate_output_shift(
     return tuple(float(v) for v in kept), report
 
 
-def calibrate_model(model: Any, items: Sequence[Any], cfg: CalibrationConfig, *, device: Any = None, precision: str = "fp32") -> tuple[tuple[float, ...], dict[str, Any]]:
-    """Predict up to ``cfg.max_images`` training ``items`` (no TTA) and estimate their output shift."""
+def calibrate_model(
+    model: Any, items: Sequence[Any], cfg: CalibrationConfig, *, device: Any = None, precision: str = "fp32", channels_last: bool | str = "auto"
+) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """Predict up to ``cfg.max_images`` training ``items`` (no TTA) and estimate their output shift
+    (``channels_last``: the memory format of the weights, :func:`unetseg.train.validate.predict_probs`)."""
     from .validate import predict_probs
 
     if not items:
         raise ValueError("calibration needs at least one training image")
     idx = sorted({int(round(i)) for i in np.linspace(0, len(items) - 1, min(len(items), cfg.max_images))})
     chosen = [items[i] for i in idx]
-    probs = [predict_probs(model, it.image, device=device, precision=precision) for it in chosen]
+    probs = [predict_probs(model, it.image, device=device, precision=precision, channels_last=channels_last) for it in chosen]
     targets = [np.asarray(it.target) for it in chosen]
     masks = [None if getattr(it, "ignore", None) is None else ~np.asarray(it.ignore, bool) for it in chosen]
     shift, report = estimate_output_shift(probs, targets, masks, max_shift=cfg.max_shift, step=cfg.step, min_gain=cfg.min_gain)

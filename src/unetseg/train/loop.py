@@ -369,6 +369,7 @@ def fit(
                 keep=cfg.validation.overlays,
                 thresholds=cfg.validation.thresholds,
                 output_shift=extra.get("output_shift"),
+                channels_last=use_cl,
             )
             restore_training_mode()
             value = metrics.get(metric_name)
@@ -399,7 +400,7 @@ def fit(
             log.warning("calibration.output_shift: the training set (%s) exposes no images; no shift estimated", type(train_set).__name__)
         elif info.is_main:
             t0 = time.perf_counter()
-            shift, report = calibrate_model(weights(), images, cfg.calibration, device=dev, precision=precision)
+            shift, report = calibrate_model(weights(), images, cfg.calibration, device=dev, precision=precision, channels_last=use_cl)
             restore_training_mode()
             extra["output_shift"] = list(shift)
             metrics_log.write({"kind": "calibration", "step": step, **report, "seconds": round(time.perf_counter() - t0, 2)})

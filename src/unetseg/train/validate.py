@@ -33,12 +33,20 @@ def metric_mode(name: str, mode: str = "auto") -> str:
     raise ConfigError(f"validation.metric {name!r}: set validation.mode to max or min for this metric")
 
 
-def predict_probs(model: nn.Module, image: np.ndarray, *, tta: bool = False, tile=None, device=None, precision: str = "fp32", output_shift=None) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, image: np.ndarray, *, tta: bool = False, tile=None, device=None, precision: str = "fp32", output_shift=None,
+    channels_last: bool | str = "auto",
+) -> np.ndarray:
     """Probabilities ``(num_classes, *spatial)`` by overlap-tile prediction (8-fold TTA and an
-    output shift, :func:`unetseg.predict.shift_probabilities`, optional)."""
+    output shift, :func:`unetseg.predict.shift_probabilities`, optional). During training pass the
+    memory format the weights are trained in as ``channels_last``, so prediction leaves it alone."""
     from ..predict import predict_image
 
-    return np.asarray(predict_image(model, image, tile_shape=tile, tta=tta, device=device, precision=precision, output_shift=output_shift), dtype=np.float32)
+    return np.asarray(
+        predict_image(model, image, tile_shape=tile, tta=tta, device=device, precision=precision, output_shift=output_shift,
+                      channels_last=channels_last),
+        dtype=np.float32,
+    )
 
 
 def binary_metrics(prob: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None, threshold: float = 0.5) -> dict[str, float]:
@@ -81,11 +89,13 @@ def validate(
     keep: int = 0,
     thresholds: Sequence[float] = (0.5,),
     output_shift: Sequence[float] | None = None,
+    channels_last: bool | str = "auto",
 ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Mean metrics over ``items`` (``name``, ``image``, ``target``, optional ``ignore``).
 
     With several ``thresholds`` each metric is reported at its best threshold (one threshold for
-    all images, as the ISBI protocol does); ``output_shift`` moves the probabilities first.
+    all images, as the ISBI protocol does); ``output_shift`` moves the probabilities first;
+    ``channels_last``: see :func:`predict_probs`.
     Returns the metrics and the foreground probability maps of the first ``keep`` items.
     """
     was_training = model.training
@@ -94,7 +104,8 @@ def validate(
     rows: list[list[dict[str, float]]] = [[] for _ in ths]
     kept = []
     for i, item in enumerate(items):
-        probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision, output_shift=output_shift)
+        probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision, output_shift=output_shift,
+                              channels_last=channels_last)
         fg = probs[foreground_class]
         target = np.asarray(item.target)
         ignore = getattr(item, "ignore", None)
