@@ -348,11 +348,6 @@ def fit(
                 save_model(weights(), run_dir, extra=training_extra(step))
         dist_util.barrier(info)
 
-    def restore_training_mode() -> None:
-        model.train()
-        if use_cl:
-            model.to(memory_format=mem)  # the predictor may hand the weights back contiguous
-
     def run_validation(step: int) -> bool:
         """Validate on rank 0; returns True when early stopping says stop (on every rank)."""
         stop = False
@@ -371,7 +366,7 @@ def fit(
                 output_shift=extra.get("output_shift"),
                 channels_last=use_cl,
             )
-            restore_training_mode()
+            model.train()  # prediction (told the weights' memory format) leaves the format alone
             value = metrics.get(metric_name)
             if value is None:
                 raise ConfigError(f"validation.metric {metric_name!r}: not computed; available: {', '.join(sorted(metrics))}")
@@ -401,7 +396,7 @@ def fit(
         elif info.is_main:
             t0 = time.perf_counter()
             shift, report = calibrate_model(weights(), images, cfg.calibration, device=dev, precision=precision, channels_last=use_cl)
-            restore_training_mode()
+            model.train()  # prediction (told the weights' memory format) leaves the format alone
             extra["output_shift"] = list(shift)
             metrics_log.write({"kind": "calibration", "step": step, **report, "seconds": round(time.perf_counter() - t0, 2)})
             bar.message("output shift %s (cross-entropy %.4f -> %.4f on %d training images)" % (
