@@ -53,15 +53,23 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: np.ndarray) -
     return out
 
 
-def refresh_batch_norm(model: torch.nn.Module, run: Path, n: int) -> None:
-    """Recompute the batch-norm statistics as the plain mean over ``n`` augmented training tiles."""
+def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int) -> list[torch.Tensor]:
+    """``n`` augmented input tiles of the run's training split, drawn as its recipe draws them."""
+    import dataclasses
+
     from unetseg.data import TileDataset
     from unetseg.train.setup import load_split as load_train_split
 
     cfg = load_train_config(run / "config.yaml")
-    items = load_train_split(cfg.train_data, cfg, str(REPO / "configs" / "isbi2012-cpu.yaml"), "train_data")
+    split = dataclasses.replace(cfg.train_data, path=str(data))
+    items = load_train_split(split, cfg, None, "train_data")
     out_shape = tuple(cfg.tile)
     ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=cfg.augment, seed=12345)
+    return [ds[i]["image"][None] for i in range(n)]
+
+
+def refresh_batch_norm(model: torch.nn.Module, tiles: list[torch.Tensor]) -> None:
+    """Recompute the batch-norm statistics as the plain mean over ``tiles``."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -69,8 +77,8 @@ def refresh_batch_norm(model: torch.nn.Module, run: Path, n: int) -> None:
         m.momentum = None  # cumulative mean over the tiles
     model.train()
     with torch.no_grad():
-        for i in range(n):
-            model(ds[i]["image"][None])
+        for x in tiles:
+            model(x)
     for m, mom in zip(norms, saved):
         m.momentum = mom
     model.eval()
@@ -105,26 +113,28 @@ def main() -> int:
     val_items = sorted(load_split(data, VAL), key=lambda it: it.name)
     print(f"{run}: {len(found)} checkpoints, steps {int(steps[0])}..{int(steps[-1])}")
 
-    candidates: list[tuple[str, np.ndarray | None]] = [("final weights", np.eye(len(states))[-1])]
+    # (name, checkpoint weights or None for the saved model, recompute batch-norm statistics)
+    candidates: list[tuple[str, np.ndarray | None, bool]] = [("final weights", np.eye(len(states))[-1], False)]
     if "averaged_steps" in meta["extra"].get("training", {}):  # trained with averaging: its saved average too
-        candidates.append((f"saved average of {meta['extra']['training']['averaged_steps']} steps", None))
+        candidates.append((f"saved average of {meta['extra']['training']['averaged_steps']} steps", None, False))
     for k in args.uniform:
         if 1 < k <= len(states):
             w = np.zeros(len(states))
             w[-k:] = 1.0
-            candidates.append((f"uniform, last {k} (from step {int(steps[-k])})", w))
+            candidates.append((f"uniform, last {k} (from step {int(steps[-k])})", w, False))
     for d in args.ema if len(states) > 1 else ():
-        candidates.append((f"exponential, decay {d}", d ** (steps[-1] - steps)))
+        candidates.append((f"exponential, decay {d}", d ** (steps[-1] - steps), False))
 
     print(f"{'weights':<38} {'shift':>14} {'pixel error':>11} {'V_rand':>7} {'warping':>8} {'s+m':>8} {'PE(1-F1)':>8}")
-    if args.bn_refresh:
-        candidates += [(f"{name}, BN from {args.bn_refresh} tiles", w) for name, w in candidates]
-    for name, w in candidates:
+    tiles = training_tiles(run, data, model, args.bn_refresh) if args.bn_refresh else []
+    if tiles:
+        candidates += [(f"{name}, BN from {len(tiles)} tiles", w, True) for name, w, _ in candidates]
+    for name, w, refresh in candidates:
         t0 = time.perf_counter()
         model.load_state_dict(saved_state if w is None else average_states(states, w))
         model.eval()
-        if ", BN from" in name:
-            refresh_batch_norm(model, run, args.bn_refresh)
+        if refresh:
+            refresh_batch_norm(model, tiles)
         shift, _ = calibrate_model(model, train_items, calib, device=torch.device("cpu"))
         probs = [predict_probs(model, it.image, tta=True, device=torch.device("cpu"), precision="fp32", output_shift=shift)[1]
                  for it in val_items]

@@ -366,7 +366,6 @@ def fit(
                 output_shift=extra.get("output_shift"),
                 channels_last=use_cl,
             )
-            model.train()  # prediction (told the weights' memory format) leaves the format alone
             value = metrics.get(metric_name)
             if value is None:
                 raise ConfigError(f"validation.metric {metric_name!r}: not computed; available: {', '.join(sorted(metrics))}")
@@ -396,7 +395,6 @@ def fit(
         elif info.is_main:
             t0 = time.perf_counter()
             shift, report = calibrate_model(weights(), images, cfg.calibration, device=dev, precision=precision, channels_last=use_cl)
-            model.train()  # prediction (told the weights' memory format) leaves the format alone
             extra["output_shift"] = list(shift)
             metrics_log.write({"kind": "calibration", "step": step, **report, "seconds": round(time.perf_counter() - t0, 2)})
             bar.message("output shift %s (cross-entropy %.4f -> %.4f on %d training images)" % (
