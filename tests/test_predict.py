@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from unetseg import sizes, tiling
+from unetseg.errors import ConfigError
 from unetseg.models import FusionNet, UNet
 from unetseg.predict import (
     auto_tile_shape,
@@ -17,6 +18,7 @@ from unetseg.predict import (
     predict_dask,
     predict_image,
     predict_into,
+    shift_probabilities,
     whole_image_reference,
 )
 
@@ -440,8 +442,6 @@ def test_training_model_is_handed_back_in_training_mode():
 # ----------------------------------------------------------------------------------------------
 # Output shift (annotations displaced from the image; unetseg.train.calibrate)
 # ----------------------------------------------------------------------------------------------
-from unetseg.errors import ConfigError  # noqa: E402
-from unetseg.predict import shift_probabilities  # noqa: E402
 
 SHIFTS = [(-0.5, 0.0), (0.75, -1.25), (2.0, 0.3), (-2.0, -2.0), (1.0, 0.0), (-0.25, 0.5)]
 
