@@ -6,7 +6,7 @@ Prints three figures and a final JSON line:
 2. one augmented 572x572 training tile (elastic + rotation + gray values, labels, weight map and
    mask resampled too) on ONE core (target < 30 ms),
 3. side by side in this run: the same training loop fed by the real pipeline (TileDataset +
-   make_loader with background workers) and fed pre-made tensors; the pipeline loop must run at
+   the training loader, unetseg.data.train_loader, with background workers) and fed pre-made tensors; the pipeline loop must run at
    >= 0.9x the speed of the pre-made one (loading hidden behind compute).
 
 Run it under the shared lock so two benchmarks never compete::
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unetseg.augment import AugmentConfig  # noqa: E402
-from unetseg.data import DataConfig, LabeledImage, TileDataset, load_dataset, make_loader  # noqa: E402
+from unetseg.data import DataConfig, LabeledImage, TileDataset, load_dataset, train_loader  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.models import UNet  # noqa: E402
 from unetseg.weights import carve_borders, weight_map  # noqa: E402
@@ -130,8 +130,9 @@ def bench_loop(images, args, device: torch.device) -> dict:
             torch.cuda.synchronize()
 
     # Pre-made tensors: the same kind of batches, made before the clock starts.
-    premade = list(make_loader(TileDataset(images, in_shape, out_shape, augment=AugmentConfig(), samples_per_epoch=args.steps * args.batch, seed=2), args.batch))
-    loader = make_loader(ds, args.batch, num_workers=args.workers, prefetch=args.prefetch)
+    premade_ds = TileDataset(images, in_shape, out_shape, augment=AugmentConfig(), seed=2)
+    premade = list(train_loader(premade_ds, batch_size=args.batch, start=0, stop=args.steps))
+    loader = train_loader(ds, batch_size=args.batch, start=0, stop=total, num_workers=args.workers, prefetch_depth=args.prefetch)
     it = iter(loader)
     for _ in range(args.warmup):  # start workers, warm caches and allocator in both paths
         step(next(it))

@@ -15,7 +15,7 @@ from unetseg.data import (
     WeightConfig,
     discover,
     load_dataset,
-    make_loader,
+    train_loader,
     make_target,
     resolved_target,
 )
@@ -347,14 +347,16 @@ def test_ignore_becomes_mask_false():
     assert any((~m).any() for m in seen) and any(m.all() for m in seen)
 
 
-def test_background_loader_batches_and_new_epochs():
+def test_train_loader_batches_are_the_steps_items():
     ds = TileDataset([ramp_image()], (44, 44), (20, 20), augment=AugmentConfig(), samples_per_epoch=6)
-    loader = make_loader(ds, batch_size=4, num_workers=0, prefetch=2)
-    e1 = list(loader)
-    e2 = list(loader)
-    assert len(loader) == 2 and [tuple(b["image"].shape) for b in e1] == [(4, 1, 44, 44), (2, 1, 44, 44)]
-    assert not np.array_equal(e1[0]["image"], e2[0]["image"])
-    assert np.array_equal(e1[0]["image"][1], ds[1]["image"])
+    first = list(train_loader(ds, batch_size=4, start=0, stop=2, prefetch_depth=2))
+    later = list(train_loader(ds, batch_size=4, start=2, stop=3))
+    assert [tuple(b["image"].shape) for b in first] == [(4, 1, 44, 44), (4, 1, 44, 44)]
+    assert not np.array_equal(first[0]["image"], later[0]["image"])  # every step new tiles
+    assert np.array_equal(first[0]["image"][1], ds[1]["image"]) and np.array_equal(later[0]["image"][0], ds[8]["image"])
+    # rank 1 of 2 takes the items after rank 0's in every step
+    r1 = list(train_loader(ds, batch_size=2, start=1, stop=2, rank=1, world_size=2))
+    assert np.array_equal(r1[0]["image"][0], ds[6]["image"])
 
 
 def test_background_loader_reraises_errors():
@@ -364,13 +366,12 @@ def test_background_loader_reraises_errors():
 
     ds = Broken([ramp_image()], (44, 44), (20, 20), samples_per_epoch=3)
     with pytest.raises(InputError, match="broken"):
-        list(make_loader(ds, batch_size=1))
+        list(train_loader(ds, batch_size=1, start=0, stop=3))
 
 
 def test_worker_process_loader_matches_in_process_samples():
     ds = TileDataset([ramp_image()], (44, 44), (20, 20), augment=AugmentConfig(), samples_per_epoch=4, seed=2)
-    loader = make_loader(ds, batch_size=2, num_workers=1, prefetch=2)
-    batches = list(loader)
+    batches = list(train_loader(ds, batch_size=2, start=0, stop=2, num_workers=1))
     assert np.array_equal(batches[1]["target"][0], ds[2]["target"])
     assert torch_equal(batches[0]["image"][1], ds[1]["image"])
 
@@ -413,6 +414,6 @@ def test_background_loader_stops_its_thread_on_break():
     import threading
 
     ds = TileDataset([ramp_image()], (44, 44), (20, 20), samples_per_epoch=50)
-    for _ in make_loader(ds, batch_size=1, prefetch=1):
+    for _ in train_loader(ds, batch_size=1, start=0, stop=50, prefetch_depth=1):
         break
     assert not any(t.name == "unetseg-prefetch" and t.is_alive() for t in threading.enumerate())

@@ -8,7 +8,7 @@ import torch
 
 from unetseg import sizes
 from unetseg.errors import ModelFileError
-from unetseg.models import FusionNet, UNet, build, count_conv_layers, load, parameter_count, read_config, save
+from unetseg.models import FusionNet, ModelCard, UNet, build, card_to_dict, count_conv_layers, load, parameter_count, read_config, save
 
 
 def test_paper_network_structure():
@@ -123,7 +123,7 @@ def test_save_load_round_trip(tmp_path, model):
     dims = getattr(model, "spatial_dims", 2)
     size = 64 if model.padding == "same" else sizes.next_valid_size(1, model.depth)
     x = torch.randn(1, model.in_channels, *([size] * dims))
-    path = save(model, tmp_path / "net.safetensors", extra={"normalization": {"method": "minmax"}})
+    path = save(model, tmp_path / "net.safetensors", card=ModelCard(normalization={"method": "minmax"}))
     assert path.is_file() and path.with_suffix(".json").is_file()
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["arch"] == model.arch and meta["args"] == model.config
@@ -134,7 +134,7 @@ def test_save_load_round_trip(tmp_path, model):
         assert torch.equal(model(x), loaded(x))
     # The weights file alone is enough.
     path.with_suffix(".json").unlink()
-    assert read_config(path)["extra"] == {"normalization": {"method": "minmax"}}
+    assert read_config(path)["card"].normalization == {"method": "minmax"}
     with torch.no_grad():
         assert torch.equal(model(x), load(path)(x))
 
@@ -190,6 +190,7 @@ def test_load_refuses_mismatched_tensors(tmp_path):
 
     good = save(UNet(1, 2, base_channels=2), tmp_path / "m.safetensors")
     meta = read_config(good)
+    meta["card"] = card_to_dict(meta["card"])
     state = UNet(1, 2, base_channels=4).state_dict()
     save_file(state, str(good), metadata={"unetseg": json.dumps(meta)})
     good.with_suffix(".json").unlink()

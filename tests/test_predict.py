@@ -11,7 +11,7 @@ from torch import nn
 
 from unetseg import sizes, tiling
 from unetseg.errors import ConfigError
-from unetseg.models import FusionNet, UNet
+from unetseg.models import FusionNet, ModelCard, UNet
 from unetseg.predict import (
     auto_tile_shape,
     estimate_tile_memory,
@@ -243,7 +243,7 @@ from unetseg.predict import fit_normalization, predict_file  # noqa: E402
 def run_dir(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "classes": ["membrane", "cell"], "foreground_class": 1, "task": "semantic"})
+    save(_net(base=4), d, card=ModelCard(normalization={"method": "minmax"}, classes=("membrane", "cell")))
     return d
 
 
@@ -367,18 +367,18 @@ def test_cli_out_is_a_file(tmp_path, run_dir, capsys):
 def test_failure_mid_write_leaves_no_partial_file(tmp_path, run_dir, monkeypatch):
     img = tmp_path / "x.tif"
     tifffile.imwrite(img, np.zeros((300, 30), np.uint8))
-    import unetseg.predict as P
+    from unetseg.inference import Predictor
 
     calls = {"n": 0}
-    real = P._Runner.__call__
+    real = Predictor.__call__
 
-    def boom(self, batch):
+    def boom(self, batch, **kw):
         calls["n"] += 1
         if calls["n"] > 1:
             raise OSError(28, "No space left on device")
-        return real(self, batch)
+        return real(self, batch, **kw)
 
-    monkeypatch.setattr(P._Runner, "__call__", boom)
+    monkeypatch.setattr(Predictor, "__call__", boom)
     out = tmp_path / "out"
     assert main(["predict", "--model", str(run_dir), str(img), "--out", str(out), "--tile", "20"]) == 1
     assert list(out.iterdir()) == []
@@ -386,9 +386,35 @@ def test_failure_mid_write_leaves_no_partial_file(tmp_path, run_dir, monkeypatch
 
 def test_cli_wrong_image_shape_for_model(tmp_path, run_dir, capsys):
     img = tmp_path / "rgb.npy"
-    np.save(img, np.zeros((20, 20, 3), np.uint8))
+    colour = np.zeros((20, 20, 3), np.uint8)
+    colour[..., 1] = 200
+    np.save(img, colour)
     assert main(["predict", "--model", str(run_dir), str(img), "--out", str(tmp_path / "o")]) == 1
-    assert "rgb.npy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rgb.npy" in err and "--channel" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "rgb.tif").exists()
+
+
+def test_grey_image_saved_as_rgb_png_is_read_as_one_channel(tmp_path, run_dir):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "rgb.png"), str(tmp_path / "grey.tif"), "--out", str(tmp_path / "o")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "rgb.tif"), tifffile.imread(tmp_path / "o" / "grey.tif"))
+
+
+def test_cli_channel_picks_one_channel_of_a_colour_image(tmp_path, run_dir):
+    rng = np.random.default_rng(1)
+    colour = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", colour)
+    tifffile.imwrite(tmp_path / "g.tif", np.ascontiguousarray(colour[..., 2]))
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "c.tif"), "--out", str(tmp_path / "a"), "--channel", "2"]) == 0
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "g.tif"), "--out", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "c.tif"), tifffile.imread(tmp_path / "b" / "g.tif"))
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "c.tif"), "--out", str(tmp_path / "d"), "--channel", "3"]) == 1
 
 
 @pytest.mark.data
@@ -489,7 +515,7 @@ def test_bad_output_shift_is_a_config_error(bad):
 def test_predict_file_applies_the_model_files_output_shift(tmp_path):
     d = tmp_path / "shifted"
     d.mkdir()
-    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "foreground_class": 1, "output_shift": [-0.5, 0.25]})
+    save(_net(base=4), d, card=ModelCard(normalization={"method": "minmax"}, output_shift=(-0.5, 0.25)))
     img = np.random.default_rng(3).integers(0, 255, (90, 61), dtype=np.uint8)
     np.save(tmp_path / "x.npy", img)
     from unetseg.models import load
@@ -507,7 +533,7 @@ def test_predict_file_applies_the_model_files_output_shift(tmp_path):
 def test_cli_applies_the_output_shift_unless_told_not_to(tmp_path):
     d = tmp_path / "shifted"
     d.mkdir()
-    save(_net(base=4), d, extra={"normalization": {"method": "minmax"}, "foreground_class": 1, "output_shift": [1.0, 0.0]})
+    save(_net(base=4), d, card=ModelCard(normalization={"method": "minmax"}, output_shift=(1.0, 0.0)))
     img = np.random.default_rng(4).integers(0, 255, (50, 40), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "x.tif", img)
     assert main(["predict", "--model", str(d), str(tmp_path / "x.tif"), "--out", str(tmp_path / "a"), "--tile", "36"]) == 0

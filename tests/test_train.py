@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from unetseg.config import from_dict
 from unetseg.errors import TrainingError
-from unetseg.models import UNet, load_with_config
+from unetseg.models import ModelCard, UNet, load_with_config
 from unetseg.train import TrainConfig, fit, latest_checkpoint, seed_model_init
 from unetseg.train.checkpoint import list_checkpoints, read_checkpoint
 from unetseg.train.plots import read_metrics
@@ -117,7 +117,7 @@ def test_few_steps_lower_the_loss(tmp_path):
     recs = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in recs if r["kind"] == "train"] == list(range(1, 21))
     model, meta = load_with_config(run)
-    assert meta["extra"]["training"]["step"] == 20
+    assert meta["card"].training.step == 20
     assert latest_checkpoint(run / "checkpoints").name == "step_00000020"
 
 
@@ -188,7 +188,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
 
 
 def test_nan_from_monkeypatched_loss(tmp_path, monkeypatch):
-    import unetseg.train.loop as loop
+    import unetseg.train.stages as loop
 
     real = loop.build_loss
 
@@ -208,14 +208,14 @@ def test_validation_keeps_best_and_writes_overlays(tmp_path):
     for i in range(2):
         s = ds[i]
         val.append(Item(f"v{i}", s["image"].numpy(), s["target"].numpy()))
-    _, res = _run(tmp_path / "run", cfg, val_set=val, model_extra={"foreground_class": 1, "classes": ["bg", "fg"]})
+    _, res = _run(tmp_path / "run", cfg, val_set=val, card=ModelCard(classes=("bg", "fg")))
     recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "val"]
     assert [r["step"] for r in recs] == [4, 8]
     assert set(recs[0]["metrics"]) >= {"pixel_error", "dice", "v_rand"}
     assert res.best_step in (4, 8)
     _, meta = load_with_config(tmp_path / "run")
-    assert meta["extra"]["training"]["step"] == res.best_step
-    assert meta["extra"]["classes"] == ["bg", "fg"]
+    assert meta["card"].training.step == res.best_step
+    assert meta["card"].classes == ("bg", "fg")
     assert (tmp_path / "run" / "val" / "v0.png").is_file()
 
 
@@ -251,7 +251,7 @@ def test_calibration_stores_the_output_shift_in_both_model_files(tmp_path):
     model = make_model(cfg)
     base = dataset_for(model, cfg)
     train_set = _TilesWithImages(items, base.in_size, base.out_size, seed=cfg.runtime.seed)
-    res = fit(cfg, model, train_set, tmp_path / "run", val_set=items[:1], model_extra={"foreground_class": 1})
+    res = fit(cfg, model, train_set, tmp_path / "run", val_set=items[:1], card=ModelCard())
     assert res.status == "completed"
     recs = read_metrics(tmp_path / "run" / "metrics.jsonl")
     cal = [r for r in recs if r["kind"] == "calibration"]
@@ -259,11 +259,11 @@ def test_calibration_stores_the_output_shift_in_both_model_files(tmp_path):
     assert [r["kind"] for r in recs].index("calibration") < max(i for i, r in enumerate(recs) if r["kind"] == "val")
     for name in ("model.safetensors", "model-last.safetensors"):
         _, meta = load_with_config(tmp_path / "run" / name)
-        assert meta["extra"]["output_shift"] == cal[0]["output_shift"], name
+        assert list(meta["card"].output_shift) == cal[0]["output_shift"], name
     # without the option nothing is estimated or stored
     res = fit(tiny_cfg(), make_model(tiny_cfg()), train_set, tmp_path / "plain")
     _, meta = load_with_config(tmp_path / "plain")
-    assert "output_shift" not in meta["extra"]
+    assert meta["card"].output_shift is None
     assert not [r for r in read_metrics(tmp_path / "plain" / "metrics.jsonl") if r["kind"] == "calibration"]
 
 
@@ -290,7 +290,7 @@ def test_training_saves_the_mean_of_the_weights_since_start(tmp_path, decay, sta
         assert torch.allclose(saved[key], mean, atol=1e-6), key
     assert any(not torch.allclose(saved[k], raw[8][k], atol=1e-6) for k in floats)  # not the last weights
     _, meta = load_with_config(tmp_path / "run")
-    assert meta["extra"]["training"]["averaged_steps"] == 9 - first
+    assert meta["card"].training.averaged_steps == 9 - first
 
 
 def test_without_averaging_the_last_weights_are_saved(tmp_path):
@@ -300,7 +300,7 @@ def test_without_averaging_the_last_weights_are_saved(tmp_path):
     raw = _checkpoint_states(tmp_path / "run")[8]
     assert all(torch.equal(saved[k], raw[k]) for k in saved)
     _, meta = load_with_config(tmp_path / "run")
-    assert "averaged_steps" not in meta["extra"]["training"]
+    assert meta["card"].training.averaged_steps is None
 
 
 def test_resume_with_averaging_is_exact(tmp_path):
@@ -313,7 +313,7 @@ def test_resume_with_averaging_is_exact(tmp_path):
     b = load_file(str(tmp_path / "part" / "model-last.safetensors"))
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-6
     _, meta = load_with_config(tmp_path / "part" / "model-last.safetensors")
-    assert meta["extra"]["training"]["averaged_steps"] == 6
+    assert meta["card"].training.averaged_steps == 6
 
 
 def test_resume_needs_the_average_the_config_asks_for(tmp_path):

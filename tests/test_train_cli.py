@@ -79,9 +79,10 @@ def test_train_writes_run_folder_and_predict_needs_nothing_else(tmp_path, datase
     for name in ("model.safetensors", "model.json", "config.yaml", "metrics.jsonl", "loss.png", "val/02.png"):
         assert (out / name).is_file(), name
     model, meta = load_with_config(out)
-    extra = meta["extra"]
-    assert extra["classes"] == ["membrane", "cell"] and extra["foreground_class"] == 1
-    assert extra["task"] == "semantic" and extra["normalization"]["method"] == "percentile"
+    card = meta["card"]
+    assert card.classes == ("membrane", "cell") and card.foreground_class == 1
+    assert card.task == "semantic" and card.normalization["method"] == "percentile"
+    assert card.training.train and card.training.val == ("02",) and card.training.tile and card.training.precision
     assert "optim:\n" in (out / "config.yaml").read_text() and "lr: 0.004" in (out / "config.yaml").read_text()
     kinds = [r["kind"] for r in read_metrics(out / "metrics.jsonl")]
     assert kinds.count("val") == 2 and kinds.count("train") == 6

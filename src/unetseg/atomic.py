@@ -51,15 +51,16 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         os.close(fd)
         tmp = Path(name)
     # mkstemp/mkdtemp create private 0600/0700 entries; give the output the usual umask permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
+    mode = (0o777 if directory else 0o666) & ~_umask()
+    os.chmod(tmp, mode)
     try:
         yield tmp
         if directory:
             if final.exists():
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
         else:
+            # Writers that replace the file they are given (safetensors does) recreate it 0600.
+            os.chmod(tmp, mode)
             _fsync(tmp)
         os.replace(tmp, final)
     except BaseException:
@@ -68,6 +69,13 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _fsync(path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from unetseg.cli import main
 from unetseg.io import write_image
-from unetseg.models import UNet, save
+from unetseg.models import ModelCard, UNet, save
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -20,7 +20,7 @@ FUZZ = settings(max_examples=25, deadline=None, derandomize=True, suppress_healt
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model")
-    save(UNet(1, 2, depth=2, base_channels=2), folder, extra={"normalization": {"method": "minmax"}})
+    save(UNet(1, 2, depth=2, base_channels=2), folder, card=ModelCard(normalization={"method": "minmax"}))
     return folder
 
 

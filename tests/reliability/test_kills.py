@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from unetseg.io import read_image, write_image
-from unetseg.models import UNet, load, save
+from unetseg.models import ModelCard, UNet, load, save
 from unetseg.train import latest_checkpoint
 
 PY = sys.executable
@@ -120,7 +120,7 @@ def test_prediction_killed_leaves_no_partial_output(tmp_path, tally):
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    save(UNet(1, 2, depth=2, base_channels=4), model_dir, extra={"normalization": {"method": "minmax"}})
+    save(UNet(1, 2, depth=2, base_channels=4), model_dir, card=ModelCard(normalization={"method": "minmax"}))
     image = tmp_path / "big.npy"
     np.save(image, np.random.default_rng(0).random((2048, 2048), dtype=np.float32))
     out = tmp_path / "out"

@@ -31,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
+    p.add_argument("--channel", type=int, default=None, metavar="K",
+                   help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy"], help="output file format")
     p.add_argument("--no-output-shift", action="store_true",
-                   help="ignore the output shift calibrated in training (the model file's extra.output_shift)")
+                   help="ignore the output shift calibrated in training (the model card's output_shift)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="segment with Dask: 'threads' or a distributed scheduler address")
     p.set_defaults(func=run)
 
@@ -68,7 +70,7 @@ def _output_name(path: Path, fmt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..predict import load_predictor, predict_file
+    from ..inference import Predictor
 
     if args.tile is not None and args.tile < 1:
         raise ConfigError(f"--tile {args.tile}: expected a positive size")
@@ -84,14 +86,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"several inputs would write the same output {dupes[0]}; give them distinct names")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, extra = load_predictor(args.model, device=args.device)
+    if args.channel is not None and args.channel < 0:
+        raise ConfigError(f"--channel {args.channel}: expected a channel index >= 0")
+    predictor = Predictor.from_path(args.model, device=args.device, precision=args.precision)
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
         for path, name in tqdm(list(zip(files, names)), unit="file", desc="files", position=0, disable=None):
-            predict_file(
-                model, path, out / name, extra=extra, output=args.output, threshold=args.threshold, split=args.split,
-                min_size=args.min_size, tile_shape=args.tile, tta=args.tta, device=args.device, batch_size=args.batch,
-                precision=args.precision, progress=tile_bar, dask_scheduler=args.dask_scheduler,
+            predictor.predict_file(
+                path, out / name, output=args.output, threshold=args.threshold, split=args.split, min_size=args.min_size,
+                channel=args.channel, tile_shape=args.tile, tta=args.tta, batch_size=args.batch, progress=tile_bar,
+                dask_scheduler=args.dask_scheduler,
                 **({"output_shift": None} if args.no_output_shift else {}),
             )
             log.debug("%s -> %s", path, out / name)

@@ -1,10 +1,11 @@
 """The U-Net model family: the paper's U-Net (and its variants) and FusionNet.
 
 Models import only torch and return logits. ``save``/``load`` write and read safetensors plus a
-JSON config; loading never unpickles.
+JSON config holding the :class:`ModelCard`; loading never unpickles.
 """
 
-from .files import ARCHITECTURES, build, load, load_with_config, read_config, save
+from .card import ModelCard, TrainingInfo, card_from_dict, card_to_dict
+from .files import ARCHITECTURES, build, load, load_card, load_with_config, read_config, save
 from .flops import count_conv_layers, flops_per_output_pixel, parameter_count
 from .fusionnet import FusionNet
 from .unet import UNet
@@ -12,11 +13,16 @@ from .unet import UNet
 __all__ = [
     "ARCHITECTURES",
     "FusionNet",
+    "ModelCard",
+    "TrainingInfo",
     "UNet",
     "build",
+    "card_from_dict",
+    "card_to_dict",
     "count_conv_layers",
     "flops_per_output_pixel",
     "load",
+    "load_card",
     "load_with_config",
     "parameter_count",
     "read_config",

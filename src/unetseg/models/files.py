@@ -2,12 +2,13 @@
 
 A model saved as ``NAME.safetensors`` gets ``NAME.json`` beside it::
 
-    {"format": "unetseg-model", "format_version": 1, "unetseg_version": "0.1.0",
-     "arch": "UNet", "args": {...all constructor arguments...}, "extra": {...}}
+    {"format": "unetseg-model", "format_version": 2, "unetseg_version": "0.1.0",
+     "arch": "UNet", "args": {...all constructor arguments...}, "card": {...}}
 
 The same JSON is stored in the safetensors header metadata, so the weights file alone is enough
-to rebuild the model; the separate JSON is for people and tools to read. ``extra`` carries what
-inference needs besides the network (input normalisation, class meaning).
+to rebuild the model; the separate JSON is for people and tools to read. ``card`` is the typed
+:class:`~unetseg.models.card.ModelCard` (input normalisation, class meaning, output shift,
+provenance). Version-1 files stored an untyped ``extra`` dict there; they are migrated on read.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_path
-from ..errors import ModelFileError
+from ..errors import ConfigError, ModelFileError
+from .card import ModelCard, card_from_dict, card_from_extra, card_to_dict
 from .fusionnet import FusionNet
 from .unet import UNet
 
 FORMAT = "unetseg-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_NAME = "model.safetensors"
 ARCHITECTURES: dict[str, type[nn.Module]] = {"UNet": UNet, "FusionNet": FusionNet}
-_TOP_KEYS = {"format", "format_version", "unetseg_version", "arch", "args", "extra"}
+_TOP_KEYS = {1: {"format", "format_version", "unetseg_version", "arch", "args", "extra"},
+             2: {"format", "format_version", "unetseg_version", "arch", "args", "card"}}
 
 
 def build(arch: str, args: dict[str, Any]) -> nn.Module:
@@ -67,24 +70,28 @@ def _weights_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as safetensors plus a JSON config; return the weights path.
+def save(model: nn.Module, path: str | os.PathLike, *, card: ModelCard | None = None) -> Path:
+    """Write ``model`` as safetensors plus a JSON config holding its ``card``; return the weights path.
 
     ``path`` is a ``.safetensors`` file name or an existing folder (then ``model.safetensors``
-    inside it). Both files are written atomically.
+    inside it). Both files are written atomically with the umask's permissions; ``card``
+    defaults to :class:`ModelCard`'s defaults.
     """
     from .. import __version__
 
     arch = getattr(model, "arch", None)
     if arch not in ARCHITECTURES or not hasattr(model, "config"):
         raise ModelFileError(f"cannot save {type(model).__name__}: only {', '.join(ARCHITECTURES)} models are supported")
+    card = card if card is not None else ModelCard()
+    if card.training.unetseg_version is None:
+        card = card.with_training(unetseg_version=__version__)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "unetseg_version": __version__,
         "arch": arch,
         "args": dict(model.config),
-        "extra": dict(extra or {}),
+        "card": card_to_dict(card),
     }
     text = json.dumps(meta, indent=2, sort_keys=True)
     weights = _weights_path(path)
@@ -112,23 +119,32 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _parse_config(text: str, source: Path) -> dict[str, Any]:
+    """The config as a dict whose ``"card"`` is a :class:`ModelCard` (migrated from version 1)."""
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{source}: config is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{source}: config is not a {FORMAT} config")
-    unknown = sorted(set(meta) - _TOP_KEYS)
+    version = meta.get("format_version")
+    if version not in _TOP_KEYS:
+        raise ModelFileError(f"{source}: format_version {version!r} is not supported (expected {FORMAT_VERSION} or older)")
+    unknown = sorted(set(meta) - _TOP_KEYS[version])
     if unknown:
         raise ModelFileError(f"{source}: unknown config key(s) {', '.join(unknown)}")
     missing = sorted({"arch", "args"} - set(meta))
     if missing:
         raise ModelFileError(f"{source}: config lacks key(s) {', '.join(missing)}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{source}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     if not isinstance(meta["args"], dict):
         raise ModelFileError(f"{source}: 'args' must be an object")
-    meta.setdefault("extra", {})
+    if version == 1:
+        card = card_from_extra(meta.pop("extra", None), unetseg_version=meta.get("unetseg_version"), where=f"{source}: extra")
+    else:
+        try:
+            card = card_from_dict(meta.get("card"), where="card")
+        except ConfigError as exc:
+            raise ModelFileError(f"{source}: {exc}") from exc
+    meta["card"] = card
     return meta
 
 
@@ -172,6 +188,20 @@ def load_with_config(path: str | os.PathLike, *, device: str | torch.device = "c
     model.load_state_dict(state)
     model.eval()
     return model.to(device), meta
+
+
+def load_card(path: str | os.PathLike) -> ModelCard:
+    """The :class:`ModelCard` of a model file or run folder, without reading the weights.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = save(UNet(base_channels=2, depth=1), folder, card=ModelCard(classes=("bg", "cell")))
+    >>> load_card(folder).classes
+    ('bg', 'cell')
+    """
+    return read_config(path)["card"]
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:

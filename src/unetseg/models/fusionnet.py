@@ -72,6 +72,7 @@ class FusionNet(nn.Module):
     """
 
     arch = "FusionNet"
+    activation_memory_factor = 2.0  # residual blocks keep about twice the activations of a U-Net level
     depth = 4
     padding = sizes.SAME
     spatial_dims = 2

@@ -114,6 +114,7 @@ class UNet(nn.Module):
     """
 
     arch = "UNet"
+    activation_memory_factor = 1.0  # relative peak activation memory, read by inference.auto_tile_shape
 
     def __init__(
         self,

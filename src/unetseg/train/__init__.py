@@ -3,7 +3,7 @@
 Typical use (what ``unetseg train`` does)::
 
     cfg = load_train_config("configs/isbi2012-cpu.yaml", ["optim.lr=0.5"])
-    result = fit(cfg, model, train_set, "runs/isbi", val_set=val_items, model_extra=extra)
+    result = fit(cfg, model, train_set, "runs/isbi", val_set=val_items, card=card)
 """
 
 from .averaging import AveragingConfig, WeightAverage

@@ -7,7 +7,7 @@ output is centred on the image content and every boundary pixel of the annotatio
 toss. After training, :func:`estimate_output_shift` finds the sub-pixel shift of the model's
 probabilities that best explains the *training* annotations (never the validation or test
 ones); the shift is stored in the model file (``extra["output_shift"]``) and
-:func:`unetseg.predict.shift_probabilities` applies it after test-time augmentation.
+:func:`unetseg.inference.shift_probabilities` applies it after test-time augmentation.
 Well-aligned annotations give a shift of zero, which changes nothing.
 """
 
@@ -76,7 +76,7 @@ def shift_cross_entropy(
     >>> shift_cross_entropy([p], [t], (0, -1)) < shift_cross_entropy([p], [t], (0, 0))
     True
     """
-    from ..predict import shift_probabilities
+    from ..inference import shift_probabilities
 
     total, count = 0.0, 0
     masks = masks if masks is not None else [None] * len(probs)
@@ -145,14 +145,16 @@ def calibrate_model(
     model: Any, items: Sequence[Any], cfg: CalibrationConfig, *, device: Any = None, precision: str = "fp32", channels_last: bool | str = "auto"
 ) -> tuple[tuple[float, ...], dict[str, Any]]:
     """Predict up to ``cfg.max_images`` training ``items`` (no TTA) and estimate their output shift
-    (``channels_last``: the memory format of the weights, :func:`unetseg.train.validate.predict_probs`)."""
+    through one :class:`~unetseg.inference.Predictor` (a copy of the weights)."""
+    from ..inference import as_predictor
     from .validate import predict_probs
 
     if not items:
         raise ValueError("calibration needs at least one training image")
     idx = sorted({int(round(i)) for i in np.linspace(0, len(items) - 1, min(len(items), cfg.max_images))})
     chosen = [items[i] for i in idx]
-    probs = [predict_probs(model, it.image, device=device, precision=precision, channels_last=channels_last) for it in chosen]
+    predictor = as_predictor(model, device=device, precision=precision, channels_last=channels_last)
+    probs = [predict_probs(predictor, it.image, device=device, precision=precision) for it in chosen]
     targets = [np.asarray(it.target) for it in chosen]
     masks = [None if getattr(it, "ignore", None) is None else ~np.asarray(it.ignore, bool) for it in chosen]
     shift, report = estimate_output_shift(probs, targets, masks, max_shift=cfg.max_shift, step=cfg.step, min_gain=cfg.min_gain)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import logging
 import os
 import tempfile
@@ -11,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..data import LabeledImage, TileDataset, load_dataset, model_extra, resolved_target
-from ..errors import ConfigError, InputError
-from ..models import build
+from ..data import LabeledData, LabeledImage, TileDataset, card_for_target, load_labeled
+from ..errors import ConfigError, InputError, ModelFileError
+from ..models import ARCHITECTURES, build
 from . import distributed as dist_util
 from .config import SplitConfig, TrainConfig
 from .loop import TrainResult, fit, seed_model_init
@@ -57,26 +58,21 @@ def select(items: list[LabeledImage], patterns: list[str] | None, key: str) -> l
 
 def load_split(
     split: SplitConfig, cfg: TrainConfig, config_path, key: str, *, progress: bool = False, cache: dict | None = None
-) -> list[LabeledImage]:
-    """The selected samples of one split (``cache`` shares one read between splits of a folder)."""
+) -> LabeledData:
+    """The selected samples of one split and their resolved target (``cache`` shares one read
+    between splits of a folder)."""
     path = resolve_path(split.path, config_path, f"{key}.path")
     if not path.exists():
         raise InputError(f"{key}.path: {path} does not exist")
-    data_cfg = cfg.data if split.labels is None else _with_labels(cfg, split.labels)
+    data_cfg = cfg.data if split.labels is None else dataclasses.replace(cfg.data, labels=split.labels)
     ident = (str(path.resolve()), split.labels)
     if cache is not None and ident in cache:
-        items = cache[ident]
+        data = cache[ident]
     else:
-        items = load_dataset(path, data_cfg, progress=progress)
+        data = load_labeled(path, data_cfg, progress=progress)
         if cache is not None:
-            cache[ident] = items
-    return select(items, split.select, f"{key}.select")
-
-
-def _with_labels(cfg: TrainConfig, labels: str):
-    from dataclasses import replace
-
-    return replace(cfg.data, labels=labels)
+            cache[ident] = data
+    return dataclasses.replace(data, items=select(data.items, split.select, f"{key}.select"))
 
 
 def model_args(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
@@ -91,6 +87,47 @@ def model_args(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str
     return args
 
 
+def check_model_config(cfg: TrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check ``model`` and ``tile`` before any data is read; return the (input, output) tile.
+
+    A model with the recipe's arguments (channels and classes as the config says, or 1 and 2)
+    is built once: a misspelt or badly typed argument or a tile the network cannot produce is a
+    :class:`~unetseg.errors.ConfigError` naming the key.
+    """
+    if cfg.model.arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch: {cfg.model.arch!r} is not one of {', '.join(ARCHITECTURES)}")
+    accepted = set(inspect.signature(ARCHITECTURES[cfg.model.arch].__init__).parameters) - {"self"}
+    unknown = sorted(set(cfg.model.args) - accepted)
+    if unknown:
+        raise ConfigError(f"model.args.{unknown[0]}: unknown argument of {cfg.model.arch} (accepted: {', '.join(sorted(accepted))})")
+    target = cfg.data.target
+    args = dict(cfg.model.args)
+    args.setdefault("in_channels", cfg.data.in_channels or 1)
+    args.setdefault("num_classes", len(target.class_values) if target.kind == "multiclass" and target.class_values else 2)
+    if cfg.model.arch == "UNet":
+        args.setdefault("spatial_dims", cfg.data.spatial_dims)
+    try:
+        probe = build(cfg.model.arch, args)
+    except ModelFileError as exc:
+        raise ConfigError(f"model.args: {exc}") from exc
+    return tile_shapes(cfg, probe)
+
+
+def tile_shapes(cfg: TrainConfig, model) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(input, output)`` tile of ``model`` for the recipe's ``tile`` (its output size)."""
+    out_shape = tuple(int(t) for t in cfg.tile)
+    if len(out_shape) != cfg.data.spatial_dims:
+        raise ConfigError(f"tile: {list(out_shape)} has {len(out_shape)} sizes for {cfg.data.spatial_dims}D data")
+    try:
+        in_shape = tuple(model.input_shape_for(out_shape))
+        real_out = tuple(model.output_shape(in_shape))
+    except (ValueError, InputError) as exc:
+        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile for this model ({exc})") from exc
+    if real_out != out_shape:
+        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile; the nearest valid one is {list(real_out)}")
+    return in_shape, out_shape
+
+
 def train_from_config(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -103,64 +140,34 @@ def train_from_config(
     stop_after: int | None = None,
     on_step=None,
 ) -> TrainResult:
-    """Load the data of ``cfg``, build its model and train it into the run folder ``out``."""
+    """Check the recipe, load its data, build its model and train it into the run folder ``out``."""
+    in_shape, out_shape = check_model_config(cfg)  # every config error before any data is read
     info = dist_util.from_env()
     cache: dict = {}
-    train_items = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
+    train = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
     val_items: list[LabeledImage] = []
     if cfg.val_data is not None and cfg.val_data.path:
-        val_items = load_split(cfg.val_data, cfg, config_path, "val_data", cache=cache)
-    target = resolved_target(resolve_path(cfg.train_data.path, config_path, "train_data.path"), cfg.data)
-    in_channels = int(train_items[0].image.shape[0])
-    args = model_args(cfg, in_channels, target.num_classes)
+        val_items = load_split(cfg.val_data, cfg, config_path, "val_data", cache=cache).items
+    args = model_args(cfg, int(train.items[0].image.shape[0]), train.target.num_classes)
     with seed_model_init(cfg.runtime.seed):
         model = build(cfg.model.arch, args)
-    out_shape = tuple(int(t) for t in cfg.tile)
-    if len(out_shape) != cfg.data.spatial_dims:
-        raise ConfigError(f"tile: {list(out_shape)} has {len(out_shape)} sizes for {cfg.data.spatial_dims}D data")
-    try:
-        in_shape = tuple(model.input_shape_for(out_shape))
-        real_out = tuple(model.output_shape(in_shape))
-    except (ValueError, InputError) as exc:
-        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile for this model ({exc})") from exc
-    if real_out != out_shape:
-        raise ConfigError(f"tile: {list(out_shape)} is not a valid output tile; the nearest valid one is {list(real_out)}")
     if time_limit_s is None and cfg.runtime.max_minutes is not None:
         time_limit_s = cfg.runtime.max_minutes * 60
     samp = cfg.sampling
     train_set = TileDataset(
-        train_items,
-        in_shape,
-        out_shape,
-        augment=cfg.augment if samp.augment else None,
-        samples_per_epoch=10**12,
-        foreground_bias=samp.foreground_bias,
-        border_bias=samp.border_bias,
-        border_threshold=samp.border_threshold,
-        seed=cfg.runtime.seed,
-        rank=0,
-        world_size=1,
+        train.items, in_shape, out_shape, augment=cfg.augment if samp.augment else None, samples_per_epoch=10**12,
+        foreground_bias=samp.foreground_bias, border_bias=samp.border_bias, border_threshold=samp.border_threshold,
+        seed=cfg.runtime.seed, rank=0, world_size=1,
     )
-    extra = model_extra(target, cfg.data.normalization)
-    extra["training"] = {"train": [it.name for it in train_items], "val": [it.name for it in val_items], "tile": list(out_shape)}
+    card = card_for_target(train.target, cfg.data.normalization).with_training(
+        train=tuple(it.name for it in train.items), val=tuple(it.name for it in val_items), tile=out_shape, data=cfg.train_data.path,
+    )
     log.info(
         "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
-        cfg.model.arch, len(train_items), len(val_items), in_shape, out_shape, cfg.batch_size, cfg.schedule.steps,
+        cfg.model.arch, len(train.items), len(val_items), in_shape, out_shape, cfg.batch_size, cfg.schedule.steps,
     )
-    return fit(
-        cfg,
-        model,
-        train_set,
-        out,
-        val_set=val_items,
-        model_extra=extra,
-        resume=resume,
-        device=device,
-        progress=progress,
-        time_limit_s=time_limit_s,
-        stop_after=stop_after,
-        on_step=on_step,
-    )
+    return fit(cfg, model, train_set, out, val_set=val_items, card=card, resume=resume, device=device, progress=progress,
+               time_limit_s=time_limit_s, stop_after=stop_after, on_step=on_step)
 
 
 def steps_for_budget(

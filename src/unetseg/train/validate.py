@@ -1,5 +1,6 @@
-"""Validation during training: full-image overlap-tile prediction
-(:func:`unetseg.predict.predict_image`) and the challenge metrics (:mod:`unetseg.metrics`)."""
+"""Validation during training: full-image overlap-tile prediction through one
+:class:`~unetseg.inference.Predictor` (a copy of the weights, so the model being trained is
+never touched) and the challenge metrics (:mod:`unetseg.metrics`)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def predict_probs(
     channels_last: bool | str = "auto",
 ) -> np.ndarray:
     """Probabilities ``(num_classes, *spatial)`` by overlap-tile prediction (8-fold TTA and an
-    output shift, :func:`unetseg.predict.shift_probabilities`, optional). During training pass the
-    memory format the weights are trained in as ``channels_last``, so prediction leaves it alone."""
-    from ..predict import predict_image
+    output shift, :func:`unetseg.inference.shift_probabilities`, optional). ``model`` is a module
+    or a :class:`~unetseg.inference.Predictor` (then reused as it is)."""
+    from ..inference import predict_image
 
     return np.asarray(
         predict_image(model, image, tile_shape=tile, tta=tta, device=device, precision=precision, output_shift=output_shift,
@@ -95,17 +96,17 @@ def validate(
 
     With several ``thresholds`` each metric is reported at its best threshold (one threshold for
     all images, as the ISBI protocol does); ``output_shift`` moves the probabilities first;
-    ``channels_last``: see :func:`predict_probs`.
+    ``channels_last``: the memory format of the copy the predictions run on.
     Returns the metrics and the foreground probability maps of the first ``keep`` items.
     """
-    was_training = model.training
-    model.eval()
+    from ..inference import as_predictor
+
+    predictor = as_predictor(model, device=device, precision=precision, channels_last=channels_last)
     ths = list(thresholds) or [0.5]
     rows: list[list[dict[str, float]]] = [[] for _ in ths]
     kept = []
     for i, item in enumerate(items):
-        probs = predict_probs(model, item.image, tta=tta, tile=tile, device=device, precision=precision, output_shift=output_shift,
-                              channels_last=channels_last)
+        probs = predict_probs(predictor, item.image, tta=tta, tile=tile, device=device, precision=precision, output_shift=output_shift)
         fg = probs[foreground_class]
         target = np.asarray(item.target)
         ignore = getattr(item, "ignore", None)
@@ -113,8 +114,6 @@ def validate(
             r.append(binary_metrics(fg, target == foreground_class, ignore, threshold=th))
         if i < keep:
             kept.append(fg)
-    if was_training:
-        model.train()
     if not rows[0]:
         return {}, kept
     means = [{k: float(np.nanmean([r[k] for r in rs])) for k in rs[0]} for rs in rows]
