@@ -274,3 +274,21 @@ def test_isbi_warns_about_an_inverted_soft_map():
     prob, gt = small_isbi(np.random.default_rng(6), z=1)
     m = evaluate_isbi2012(1.0 - prob, gt, thresholds=[0.0, 0.5], thresholds_thinned=[0.5])
     assert "warnings" in m
+
+
+@pytest.mark.parametrize("protocol, which", [("ctc", "--gt"), ("ctc", "--pred"), ("instances", "--gt")])
+def test_instance_protocols_refuse_a_probability_map_given_as_labels(tmp_path, capsys, protocol, which):
+    from unetseg.cli import main
+
+    labels = np.zeros((32, 32), np.uint16)
+    labels[4:14, 4:14], labels[18:28, 18:28] = 1, 2
+    prob = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    write_image(tmp_path / "labels.tif", labels)
+    write_image(tmp_path / "prob.tif", prob)
+    files = {"--gt": tmp_path / "labels.tif", "--pred": tmp_path / "labels.tif"}
+    files[which] = tmp_path / "prob.tif"
+    argv = ["evaluate", "--protocol", protocol, "--pred", str(files["--pred"]), "--gt", str(files["--gt"]), "--out", str(tmp_path / "e")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "prob.tif" in err and "non-integer" in err, err
+    assert not (tmp_path / "e" / "metrics.json").exists()

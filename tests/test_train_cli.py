@@ -227,3 +227,52 @@ def test_steps_for_budget_fits_the_schedule_to_the_time(tmp_path, dataset, monke
     assert not [p for p in scratch.iterdir() if p.name.startswith("unetseg-probe-")]  # probe folder gone
     with pytest.raises(ConfigError, match="minutes"):
         steps_for_budget(cfg, 0)
+
+
+def test_a_recipe_naming_a_label_file_trains_on_that_pair(tmp_path, dataset):
+    # train_data.labels points at a label file: the layout is the explicit pair, found once
+    recipe = f"""
+model: {{arch: UNet, args: {{depth: 2, base_channels: 2, dropout: 0.0}}}}
+train_data: {{path: {dataset / "images" / "00.png"}, labels: {dataset / "labels" / "00.png"}}}
+data: {{target: {{kind: auto, class_names: [membrane, cell]}}}}
+schedule: {{steps: 2}}
+validation: {{every: 0}}
+runtime: {{device: cpu, precision: fp32, threads: 1}}
+tile: [28, 28]
+"""
+    cfg = tmp_path / "pair.yaml"
+    cfg.write_text(recipe)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    card = load_with_config(out)[1]["card"]
+    assert card.training.train == ("00",) and card.classes == ("membrane", "cell") and card.task == "semantic"
+
+
+def test_a_misspelt_model_argument_is_reported_before_any_data_is_read(tmp_path, dataset, monkeypatch, capsys):
+    import unetseg.data.dataset as D
+
+    def no_reading(*a, **k):
+        raise AssertionError("data was read before the config was checked")
+
+    monkeypatch.setattr(D, "read_image_axes", no_reading)
+    cfg = write_recipe(tmp_path, dataset)
+    for override, key in (("model.args.base_chanels=8", "model.args.base_chanels"), ("tile=[29,29]", "tile")):
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", override]) == 1
+        err = capsys.readouterr().err
+        assert key in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_checkpoints_and_model_files_are_readable_by_the_group(tmp_path, dataset):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg = write_recipe(tmp_path, dataset, steps=3, val=False, ckpt_every=3)
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" and "checkpoints" in p.parts for p in files)
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) & 0o044 == 0o044, p

@@ -56,6 +56,7 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
     try:
         yield tmp
         if directory:
+            _chmod_tree(tmp, 0o666 & ~_umask())
             if final.exists():
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
         else:
@@ -69,6 +70,13 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _chmod_tree(folder: Path, mode: int) -> None:
+    """Give every file under ``folder`` ``mode`` (writers such as safetensors create them 0600)."""
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
 
 
 def _umask() -> int:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..evaluate import PROTOCOLS, evaluate_to_folder, format_table, load_stack, stack_names
+from ..evaluate import PROTOCOLS, check_label_inputs, evaluate_to_folder, format_table, load_stack, stack_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     gt = load_stack(args.gt)
     if pred.shape != gt.shape:
         raise InputError(f"{args.pred} and {args.gt} differ in shape: {pred.shape} vs {gt.shape} (Z, Y, X)")
+    check_label_inputs(args.protocol, pred, gt, pred_name=str(args.pred), gt_name=str(args.gt))
     images = load_stack(args.image) if (args.image and not args.no_report) else None
     if images is not None and images.shape != pred.shape:
         raise InputError(f"{args.image}: shape {images.shape} differs from the predictions' {pred.shape} (Z, Y, X)")
