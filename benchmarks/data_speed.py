@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unetseg.augment import AugmentConfig  # noqa: E402
-from unetseg.data import DataConfig, LabeledImage, TileDataset, load_dataset, train_loader  # noqa: E402
+from unetseg.data import LabeledImage, TileDataset, load_dataset, train_loader  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.models import UNet  # noqa: E402
 from unetseg.weights import carve_borders, weight_map  # noqa: E402

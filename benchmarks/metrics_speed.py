@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from unetseg.evaluate import evaluate_isbi2012
 from unetseg.io import read_image
-from unetseg.metrics import isbi_thresholds, simple_point_table, warp, warping_error
+from unetseg.metrics import isbi_thresholds, warp, warping_error
 from unetseg.metrics.warping import warp_reference
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from unetseg import sizes, tiling
+from unetseg import sizes
 from unetseg.errors import ConfigError
 from unetseg.models import FusionNet, ModelCard, UNet
 from unetseg.predict import (

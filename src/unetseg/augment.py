@@ -386,6 +386,15 @@ def apply_gray(image: np.ndarray, t: Transform) -> np.ndarray:
     return out
 
 
+def _common_shape(image, *spatial) -> tuple[int, ...] | None:
+    """The spatial shape shared by ``image`` (channels first) and the ``spatial`` arrays given."""
+    shapes = ([tuple(np.shape(image)[1:])] if image is not None else []) + [tuple(np.shape(a)) for a in spatial if a is not None]
+    for s in shapes[1:]:
+        if s != shapes[0]:
+            raise ValueError(f"arrays to augment differ in shape: {s} vs {shapes[0]}")
+    return shapes[0] if shapes else None
+
+
 def apply_transform(
     t: Transform,
     image: np.ndarray | None = None,
@@ -425,13 +434,7 @@ def apply_transform(
     >>> sorted(np.unique(out["labels"]).tolist())
     [0, 7]
     """
-    src_shape = None
-    for a, ch in ((image, True), (labels, False), (weight, False), (mask, False)):
-        if a is not None:
-            s = tuple(np.shape(a)[1:] if ch else np.shape(a))
-            if src_shape is not None and s != src_shape:
-                raise ValueError(f"arrays to augment differ in shape: {s} vs {src_shape}")
-            src_shape = s
+    src_shape = _common_shape(image, labels, weight, mask)
     if src_shape is None:
         return {}
     if center is None:

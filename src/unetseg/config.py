@@ -57,21 +57,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{_where(path)}: may not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise ConfigError(errors[0])
-        raise ConfigError(f"{_where(path)}: invalid value {_describe(value)}")
+        return _convert_union(args, value, path)
     if origin is typing.Literal:
         if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             return value
@@ -80,25 +66,59 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path=path)
     if origin in (list, tuple, Iterable) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(path)}: expected a list, got {_describe(value)}")
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(f"{_where(path)}: expected a list of {len(args)} items, got {len(value)}")
-            return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item = args[0] if args else Any
-        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
+        return _convert_sequence(tp, origin, args, value, path)
     if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(path)}: expected a mapping, got {_describe(value)}")
-        vt = args[1] if len(args) == 2 else Any
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(f"{_where(path)}: keys must be strings, got {_describe(k)}")
-            out[k] = _convert(vt, v, f"{path}.{k}" if path else k)
-        return out
+        return _convert_mapping(args, value, path)
+    if tp in (bool, int, float, str):
+        return _convert_scalar(tp, value, path)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{_where(path)}: unsupported value {_describe(value)} for type {tp!r}")
+
+
+def _convert_union(args: tuple, value: Any, path: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{_where(path)}: may not be null")
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(arg, value, path)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError(errors[0])
+    raise ConfigError(f"{_where(path)}: invalid value {_describe(value)}")
+
+
+def _convert_sequence(tp: Any, origin: Any, args: tuple, value: Any, path: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{_where(path)}: expected a list, got {_describe(value)}")
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise ConfigError(f"{_where(path)}: expected a list of {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    item = args[0] if args else Any
+    items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if (origin is tuple or tp is tuple) else items
+
+
+def _convert_mapping(args: tuple, value: Any, path: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{_where(path)}: expected a mapping, got {_describe(value)}")
+    vt = args[1] if len(args) == 2 else Any
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{_where(path)}: keys must be strings, got {_describe(k)}")
+        out[k] = _convert(vt, v, f"{path}.{k}" if path else k)
+    return out
+
+
+def _convert_scalar(tp: type, value: Any, path: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -119,13 +139,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{_where(path)}: expected a number, got {_describe(value)}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{_where(path)}: expected a string, got {_describe(value)}")
-    if isinstance(tp, type) and isinstance(value, tp):
+    if isinstance(value, str):
         return value
-    raise ConfigError(f"{_where(path)}: unsupported value {_describe(value)} for type {tp!r}")
+    raise ConfigError(f"{_where(path)}: expected a string, got {_describe(value)}")
 
 
 def from_dict(cls: type[T], data: Any, *, path: str = "") -> T:

@@ -86,6 +86,19 @@ def _real_data_splits(data: Path) -> tuple[list[str], list[str], list[Path], lis
     return names[:n_train], names[n_train : n_train + n_val], image_files, label_files
 
 
+def _demo_data(out: Path, data: str | Path | None, seed: int) -> tuple[list[str], list[Path], list[Path]]:
+    """Config overrides naming the training and validation data, and the held-out images and labels."""
+    if data is None:
+        log.info("generating synthetic EM sections in %s", out / "data")
+        train_dir, val_dir, heldout_dir = make_synthetic_data(out / "data", seed)
+        overrides = [f"train_data.path={train_dir}", f"val_data.path={val_dir}"]
+        return overrides, list_images(heldout_dir / "images"), list_images(heldout_dir / "labels")
+    data = Path(data)
+    train_names, val_names, heldout_images, heldout_labels = _real_data_splits(data)
+    overrides = [f"train_data.path={data}", f"train_data.select={train_names}", f"val_data.path={data}", f"val_data.select={val_names}"]
+    return overrides, heldout_images, heldout_labels
+
+
 def run_demo(
     out_dir: str | Path,
     *,
@@ -99,30 +112,16 @@ def run_demo(
 ) -> DemoResult:
     """Train, segment the held-out image(s) with overlap-tile and evaluate; see the module doc."""
     from .evaluate import evaluate_to_folder
-    from .predict import predict_file
+    from .inference import Predictor
     from .train.config import load_train_config
     from .train.setup import train_from_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [f"runtime.seed={seed}"]
+    overrides, heldout_images, heldout_labels = _demo_data(out, data, seed)
+    overrides.append(f"runtime.seed={seed}")
     if steps is not None:
         overrides.append(f"schedule.steps={steps}")
-    if data is None:
-        log.info("generating synthetic EM sections in %s", out / "data")
-        train_dir, val_dir, heldout_dir = make_synthetic_data(out / "data", seed)
-        overrides += [f"train_data.path={train_dir}", f"val_data.path={val_dir}"]
-        heldout_images = list_images(heldout_dir / "images")
-        heldout_labels = list_images(heldout_dir / "labels")
-    else:
-        data = Path(data)
-        train_names, val_names, heldout_images, heldout_labels = _real_data_splits(data)
-        overrides += [
-            f"train_data.path={data}",
-            f"train_data.select={train_names}",
-            f"val_data.path={data}",
-            f"val_data.select={val_names}",
-        ]
     cfg = load_train_config(recipe_path(), overrides)
     run_dir = out / "run"
     if run_dir.exists():
@@ -133,10 +132,11 @@ def run_demo(
     )
 
     log.info("segmenting %d held-out image(s) with overlap-tile%s", len(heldout_images), " and 8-fold TTA" if tta else "")
+    predictor = Predictor.from_path(run_dir, device=device, precision="fp32")
     probs = []
     for i, path in enumerate(heldout_images):
         target = out / (f"prediction-{i:02d}.tif" if len(heldout_images) > 1 else "prediction.tif")
-        predict_file(run_dir, path, target, output="prob", tta=tta, device=device, progress=progress)
+        predictor.predict_file(path, target, output="prob", tta=tta, progress=progress)
         probs.append(read_image(target))
     images = [read_image(p) for p in heldout_images]
     gts = [read_image(p) for p in heldout_labels]

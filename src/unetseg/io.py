@@ -267,18 +267,22 @@ def write_image(
         if suffix in (".tif", ".tiff"):
             _write_tiff(tmp, array, compression, axes or _default_axes(path, array.ndim))
         elif suffix == ".png":
-            from PIL import Image
-
-            if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-                raise InputError(f"{path}: PNG holds 2D or RGB(A) uint8/uint16 images, got {array.dtype} {array.shape}")
-            if array.ndim == 3 and array.dtype != np.uint8:
-                raise InputError(f"{path}: RGB(A) PNG must be uint8, got {array.dtype}")
-            Image.fromarray(array).save(tmp, format="PNG")
+            _write_png(tmp, array, path)
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, array, allow_pickle=False)
         else:
             raise InputError(f"{path}: cannot write {suffix!r}; use .tif, .png, .npy or .zarr")
+
+
+def _write_png(tmp: Path, array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise InputError(f"{path}: PNG holds 2D or RGB(A) uint8/uint16 images, got {array.dtype} {array.shape}")
+    if array.ndim == 3 and array.dtype != np.uint8:
+        raise InputError(f"{path}: RGB(A) PNG must be uint8, got {array.dtype}")
+    Image.fromarray(array).save(tmp, format="PNG")
 
 
 def _write_tiff(tmp: Path, array: np.ndarray, compression: str | None, axes: str) -> None:

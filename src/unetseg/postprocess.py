@@ -167,16 +167,20 @@ def watershed_split(
         distance = ndi.distance_transform_edt(mask)
         markers = _peak_markers(distance, mask, min_distance, h)
         surface = -distance
-    # Components without any marker (tiny, or all border) get one of their own.
+    labels = watershed(surface, markers=_with_orphans(markers, mask, structure), mask=mask, connectivity=connectivity)
+    return relabel_sequential(labels)
+
+
+def _with_orphans(markers: np.ndarray, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``markers`` plus one marker for every component of ``mask`` that has none (tiny, or all border)."""
     comps, n = ndi.label(mask, structure=structure)
     has_marker = np.zeros(n + 1, bool)
     has_marker[comps[markers > 0]] = True
     orphan = ~has_marker[comps] & mask
-    if orphan.any():
-        extra, _ = ndi.label(orphan, structure=structure)
-        markers = np.where(extra > 0, extra + markers.max(), markers)
-    labels = watershed(surface, markers=markers, mask=mask, connectivity=connectivity)
-    return relabel_sequential(labels)
+    if not orphan.any():
+        return markers
+    extra, _ = ndi.label(orphan, structure=structure)
+    return np.where(extra > 0, extra + markers.max(), markers)
 
 
 def instances_from_probabilities(

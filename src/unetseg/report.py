@@ -160,6 +160,97 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _as_items(x) -> list[np.ndarray] | None:
+    """A stack, one 2D image or a sequence of them as a list of 2D arrays."""
+    if x is None:
+        return None
+    arr = x if isinstance(x, (list, tuple)) else list(np.asarray(x) if np.asarray(x).ndim == 3 else [np.asarray(x)])
+    return [np.asarray(a) for a in arr]
+
+
+def _gt_labels(g: np.ndarray) -> np.ndarray:
+    from .metrics import label4
+
+    g = np.asarray(g)
+    return label4(g != 0)[0] if g.dtype == bool or len(np.unique(g)) <= 2 else g
+
+
+def _pred_labels(p: np.ndarray, th: float) -> np.ndarray:
+    """Objects of a prediction: a probability map binarised at ``th``, a mask's components, or labels."""
+    from .metrics import binarize, label4
+
+    p = np.asarray(p)
+    if np.issubdtype(p.dtype, np.floating) and not (p.size and p.max() > 1 and np.all(p == np.round(p))):
+        return label4(binarize(p, th))[0]
+    return label4(p != 0)[0] if p.dtype == bool or len(np.unique(p)) <= 2 else p
+
+
+def _image_row(out: Path, i: int, name: str, img, g, p, error_map, th: float, values: dict) -> str:
+    """Draw one image's overlay (and error map) into ``out/figures``; return its table row."""
+    base = img if img is not None else (g if g is not None else p)
+    s = _stride(np.shape(base))
+    sl = (slice(None, None, s), slice(None, None, s))
+    gl = _gt_labels(g) if g is not None else None
+    pl = _pred_labels(p, th) if p is not None else None
+    ov_name = f"figures/overlay_{i:03d}.png"
+    write_image(out / ov_name, overlay(np.asarray(base)[sl], None if gl is None else gl[sl], None if pl is None else pl[sl]))
+    cells = [f'<td><img src="{ov_name}" alt="overlay {i}"></td>']
+    err = None
+    if error_map is not None and g is not None:
+        err = class_error_map(np.asarray(g)[sl] != 0, _downsample_max(np.asarray(error_map), s))
+    elif g is not None and pl is not None:
+        err = binary_error_map(np.asarray(g)[sl], pl[sl])
+    if err is not None:
+        err_name = f"figures/errors_{i:03d}.png"
+        write_image(out / err_name, err)
+        cells.append(f'<td><img src="{err_name}" alt="errors {i}"></td>')
+    else:
+        cells.append("<td></td>")
+    stats = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in values.items() if k != "index")
+    return f"<tr><th>{html.escape(name)}</th>{''.join(cells)}<td class='stats'>{stats}</td></tr>"
+
+
+def _legend(th: float, thresholded: bool, warping: bool) -> str:
+    contours = ("Contours: <span style='color:#00dc00'>ground truth</span>, <span style='color:#ff00ff'>prediction</span>"
+                + (f" (probability maps binarised at th = {th:.6g})" if thresholded else "") + ". ")
+    if warping:
+        return contours + ("Error map: <span style='color:#ff2828'>false merges</span>, <span style='color:#2878ff'>false splits</span>, "
+                           "<span style='color:#ffc800'>other topological mismatches</span> (warping error at the best splits-and-mergers threshold).")
+    return contours + "Error map: <span style='color:#ff2828'>false positives</span>, <span style='color:#2878ff'>false negatives</span>."
+
+
+def _page(title: str, metrics: dict, rows_html: list[str], legend: str, curves: bool, shown: str) -> str:
+    """The report's HTML: summary table, notes, curves and the image table."""
+    summary = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v.get('value'))}</td><td>{_fmt(v.get('threshold'))}</td></tr>"
+        for k, v in metrics.items()
+        if isinstance(v, dict) and "value" in v
+    )
+    notes_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in (metrics.get("notes") or {}).items())
+    warnings = "".join(f'<p style="color:#c00"><b>Warning:</b> {html.escape(str(w))}</p>' for w in metrics.get("warnings", []))
+    curves_html = '<h2>Metrics vs threshold</h2><img src="figures/curves.png" alt="curves" style="max-width:100%">' if curves else ""
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }}
+img {{ max-width: 480px; image-rendering: pixelated; }} td.stats {{ font-size: 85%; white-space: nowrap; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Protocol: <b>{html.escape(str(metrics.get('protocol', '?')))}</b>, images: {_fmt(metrics.get('n_images'))}</p>
+{warnings}
+<h2>Summary</h2>
+<table><tr><th>metric</th><th>value</th><th>threshold</th></tr>{summary}</table>
+<ul>{notes_html}</ul>
+{curves_html}
+<h2>Images</h2>
+<p>{legend}{shown}</p>
+<table><tr><th>image</th><th>overlay</th><th>errors</th><th>values</th></tr>{''.join(rows_html)}</table>
+<details><summary>metrics.json</summary><pre>{html.escape(json.dumps(metrics, indent=1, default=str)[:200000])}</pre></details>
+</body></html>
+"""
+
+
 def write_report(
     out_dir,
     metrics: dict,
@@ -173,134 +264,32 @@ def write_report(
     title: str = "unetseg evaluation",
     max_images: int = 12,
 ) -> Path:
-    """Write ``out_dir/report.html`` with per-image figures and metric curves.
+    """Write ``out_dir/report.html`` with per-image figures (in ``out_dir/figures/``) and metric curves.
 
-    Parameters
-    ----------
-    out_dir : path-like
-        Output folder (created if missing). Figures go to ``out_dir/figures/``.
-    metrics : dict
-        A protocol result (``unetseg.evaluate.run_protocol``); its ``{"value", "threshold"}``
-        entries form the summary table, ``curves`` the plots, ``per_image`` the image table.
-    images, gts, preds : sequences of 2D arrays, optional
-        Raw images (shown in grey; the ground truth is shown when absent), ground truth and
-        predictions (probability maps are binarised at ``pred_threshold``; label images
-        are used as they are).
-    error_maps : sequence of 2D uint8, optional
-        Warping-mismatch class images (ISBI); otherwise a false-positive / false-negative map
-        is drawn from ``gts`` and ``preds``.
-    pred_threshold : float, optional
-        Threshold for probability maps (default 0.5).
-    max_images : int
-        Draw figures for at most this many images.
-
-    Returns
-    -------
-    pathlib.Path
-        The path of ``report.html``.
+    ``metrics`` is a protocol result (``unetseg.evaluate.run_protocol``): its ``{"value",
+    "threshold"}`` entries form the summary table, ``curves`` the plots, ``per_image`` the image
+    table. ``images`` (grey), ``gts`` and ``preds`` are optional stacks of 2D arrays; probability
+    maps are binarised at ``pred_threshold`` (default 0.5), label images used as they are.
+    ``error_maps`` are warping-mismatch class images (ISBI); otherwise a false-positive /
+    false-negative map is drawn. Figures for at most ``max_images`` images. Returns the path of
+    ``report.html``.
     """
-    from .metrics import binarize, label4
-
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
     th = 0.5 if pred_threshold is None else float(pred_threshold)
-
-    def _items(x):
-        if x is None:
-            return None
-        arr = x if isinstance(x, (list, tuple)) else list(np.asarray(x) if np.asarray(x).ndim == 3 else [np.asarray(x)])
-        return [np.asarray(a) for a in arr]
-
-    images, gts, preds = _items(images), _items(gts), _items(preds)
+    images, gts, preds = _as_items(images), _as_items(gts), _as_items(preds)
     count = max(len(s) for s in (images or [], gts or [], preds or [])) if (images or gts or preds) else 0
     names = list(names) if names is not None else [f"image {i}" for i in range(count)]
     per_image = {row.get("index"): row for row in metrics.get("per_image", []) if isinstance(row, dict)}
-
-    def _gt_labels(g):
-        g = np.asarray(g)
-        if g.dtype == bool or len(np.unique(g)) <= 2:
-            return label4(g != 0)[0]
-        return g
-
-    def _pred_labels(p):
-        p = np.asarray(p)
-        if np.issubdtype(p.dtype, np.floating) and not (p.size and p.max() > 1 and np.all(p == np.round(p))):
-            return label4(binarize(p, th))[0]
-        if p.dtype == bool or len(np.unique(p)) <= 2:
-            return label4(p != 0)[0]
-        return p
-
-    rows_html = []
-    for i in range(min(count, max_images)):
-        img = images[i] if images and i < len(images) else None
-        g = gts[i] if gts and i < len(gts) else None
-        p = preds[i] if preds and i < len(preds) else None
-        base = img if img is not None else (g if g is not None else p)
-        s = _stride(np.shape(base))
-        sl = (slice(None, None, s), slice(None, None, s))
-        gl = _gt_labels(g) if g is not None else None
-        pl = _pred_labels(p) if p is not None else None
-        ov = overlay(np.asarray(base)[sl], None if gl is None else gl[sl], None if pl is None else pl[sl])
-        ov_name = f"figures/overlay_{i:03d}.png"
-        write_image(out / ov_name, ov)
-        cells = [f'<td><img src="{ov_name}" alt="overlay {i}"></td>']
-        err_name = None
-        if error_maps is not None and i < len(error_maps) and g is not None:
-            err = class_error_map(np.asarray(g)[sl] != 0, _downsample_max(np.asarray(error_maps[i]), s))
-            err_name = f"figures/errors_{i:03d}.png"
-        elif g is not None and pl is not None:
-            err = binary_error_map(np.asarray(g)[sl], pl[sl])
-            err_name = f"figures/errors_{i:03d}.png"
-        if err_name:
-            write_image(out / err_name, err)
-            cells.append(f'<td><img src="{err_name}" alt="errors {i}"></td>')
-        else:
-            cells.append("<td></td>")
-        vals = per_image.get(i, {})
-        stats = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in vals.items() if k != "index")
-        rows_html.append(f"<tr><th>{html.escape(str(names[i]) if i < len(names) else str(i))}</th>{''.join(cells)}<td class='stats'>{stats}</td></tr>")
-
-    curves_png = plot_curves(fig_dir / "curves.png", metrics)
-    summary = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v.get('value'))}</td><td>{_fmt(v.get('threshold'))}</td></tr>"
-        for k, v in metrics.items()
-        if isinstance(v, dict) and "value" in v
-    )
-    notes = metrics.get("notes") or {}
-    notes_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in notes.items())
-    legend = (
-        "Contours: <span style='color:#00dc00'>ground truth</span>, <span style='color:#ff00ff'>prediction</span>"
-        + (f" (probability maps binarised at th = {th:.6g})" if pred_threshold is not None else "")
-        + ". "
-        + (
-            "Error map: <span style='color:#ff2828'>false merges</span>, <span style='color:#2878ff'>false splits</span>, "
-            "<span style='color:#ffc800'>other topological mismatches</span> (warping error at the best splits-and-mergers threshold)."
-            if error_maps is not None
-            else "Error map: <span style='color:#ff2828'>false positives</span>, <span style='color:#2878ff'>false negatives</span>."
-        )
-    )
-    doc = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }}
-img {{ max-width: 480px; image-rendering: pixelated; }} td.stats {{ font-size: 85%; white-space: nowrap; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Protocol: <b>{html.escape(str(metrics.get('protocol', '?')))}</b>, images: {_fmt(metrics.get('n_images'))}</p>
-{''.join(f'<p style="color:#c00"><b>Warning:</b> {html.escape(str(w))}</p>' for w in metrics.get('warnings', []))}
-<h2>Summary</h2>
-<table><tr><th>metric</th><th>value</th><th>threshold</th></tr>{summary}</table>
-<ul>{notes_html}</ul>
-{'<h2>Metrics vs threshold</h2><img src="figures/curves.png" alt="curves" style="max-width:100%">' if curves_png else ''}
-<h2>Images</h2>
-<p>{legend}{f' Showing {min(count, max_images)} of {count} images.' if count > max_images else ''}</p>
-<table><tr><th>image</th><th>overlay</th><th>errors</th><th>values</th></tr>{''.join(rows_html)}</table>
-<details><summary>metrics.json</summary><pre>{html.escape(json.dumps(metrics, indent=1, default=str)[:200000])}</pre></details>
-</body></html>
-"""
+    at = lambda seq, i: seq[i] if seq and i < len(seq) else None  # noqa: E731
+    rows_html = [
+        _image_row(out, i, str(names[i]) if i < len(names) else str(i), at(images, i), at(gts, i), at(preds, i),
+                   at(error_maps, i) if error_maps is not None else None, th, per_image.get(i, {}))
+        for i in range(min(count, max_images))
+    ]
+    curves_png = plot_curves(out / "figures" / "curves.png", metrics)
+    shown = f" Showing {min(count, max_images)} of {count} images." if count > max_images else ""
+    doc = _page(title, metrics, rows_html, _legend(th, pred_threshold is not None, error_maps is not None), bool(curves_png), shown)
     path = out / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(doc, encoding="utf-8")

@@ -122,28 +122,21 @@ def evaluate_to_folder(
         metrics.update(extra)
     write_metrics(out_dir, metrics)
     if report:
-        from ..report import write_report
-
-        error_maps, th = None, None
-        if protocol == "isbi2012":
-            th = metrics["warping_error_splits_mergers"]["threshold"]
-            n = min(len(pred_arr), max_report_images)
-            if np.isfinite(th):
-                error_maps = isbi_error_maps(pred_arr[:n], gt_arr[:n], th)
-        elif protocol == "binary":
-            th = metrics["dice"]["threshold"]
-        elif protocol == "instances":
-            th = metrics["f1"]["threshold"]
-        write_report(
-            out_dir,
-            metrics,
-            img_arr,
-            gt_arr,
-            pred_arr,
-            names=names,
-            error_maps=error_maps,
-            pred_threshold=th,
-            title=f"unetseg evaluate ({protocol})",
-            max_images=max_report_images,
-        )
+        _write_report(protocol, metrics, out_dir, img_arr, gt_arr, pred_arr, names, max_report_images)
     return metrics
+
+
+def _write_report(protocol: str, metrics: dict, out_dir, images, gt, pred, names, max_images: int) -> None:
+    """The HTML report, with the protocol's threshold and (ISBI) the warping error maps."""
+    from ..report import write_report
+
+    error_maps, th = None, None
+    if protocol == "isbi2012":
+        th = metrics["warping_error_splits_mergers"]["threshold"]
+        n = min(len(pred), max_images)
+        if np.isfinite(th):
+            error_maps = isbi_error_maps(pred[:n], gt[:n], th)
+    elif protocol in ("binary", "instances"):
+        th = metrics["dice" if protocol == "binary" else "f1"]["threshold"]
+    write_report(out_dir, metrics, images, gt, pred, names=names, error_maps=error_maps, pred_threshold=th,
+                 title=f"unetseg evaluate ({protocol})", max_images=max_images)

@@ -71,22 +71,15 @@ def predict_dask(
     chunk_size: int | None = None,
     output_shift: Sequence[float] | str | None = None,
 ) -> Any:
-    """Lazy class probabilities of a ``dask.array`` via ``map_overlap``; equal to ``predict_image``.
+    """Lazy float32 ``(num_classes, *spatial)`` probabilities of a ``dask.array``; equal to ``predict_image``.
 
-    ``darr`` is ``(*spatial)`` or ``(channels, *spatial)``, already normalised. The image is first
-    extended by mirroring (the ``numpy.pad(mode="symmetric")`` extension of the in-memory path,
-    so even arrays smaller than the halo work), rechunked into blocks whose output sizes are
-    multiples of the tile stride, and each block is segmented with its neighbours' context
-    through ``map_overlap(depth=halo + 2**depth, boundary="none")``: the extra ``2**depth``
-    pixels over the halo let the last (grid-aligned) tile of a block see exactly the input the
-    whole-image pass sees. Compute the result with any scheduler (threads, or a
-    ``dask.distributed`` client). ``output_shift`` moves the result block by block with a
-    3-pixel overlap.
-
-    Returns
-    -------
-    dask.array.Array
-        float32 ``(num_classes, *spatial)``, chunked like the planned blocks.
+    ``darr`` is ``(*spatial)`` or ``(channels, *spatial)``, already normalised. The image is
+    mirror-extended (as in memory, so even arrays smaller than the halo work), rechunked into
+    blocks whose output sizes are multiples of the tile stride, and each block segmented with
+    its neighbours' context by ``map_overlap(depth=halo + 2**depth, boundary="none")``: the extra
+    ``2**depth`` pixels let a block's last grid-aligned tile see exactly what the whole-image
+    pass sees. Compute with any scheduler (threads or a ``dask.distributed`` client).
+    ``output_shift`` moves the result block by block with a 3-pixel overlap.
     """
     predictor = as_predictor(model, device=device, precision=precision)
     net, dims = predictor.network, predictor.spatial_dims

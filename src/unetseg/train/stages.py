@@ -327,7 +327,7 @@ def validate_stage(state: RunState) -> bool:
     """Validate on rank 0, keep the best model, draw overlays; True when early stopping says stop."""
     stop = False
     if state.info.is_main and state.val_set:
-        cfg, vc, step, card = state.cfg, state.cfg.validation, state.step, state.card
+        vc, step, card = state.cfg.validation, state.step, state.card
         t0 = time.perf_counter()
         metrics, probs = validate(state.weights(), state.val_set, device=state.device, precision=state.precision,
                                   foreground_class=card.foreground_class, tta=vc.tta, tile=vc.tile, keep=vc.overlays,
