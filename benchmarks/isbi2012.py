@@ -41,10 +41,10 @@ side_by_side = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(side_by_side)
 
 
-def cell_probabilities(model, extra: dict, images: list[np.ndarray]) -> np.ndarray:
+def cell_probabilities(model, card, images: list[np.ndarray]) -> np.ndarray:
     """Class-1 (cell) probabilities with the model's own normalisation and output shift,
     overlap-tile + 8-fold TTA."""
-    spec, shift = extra.get("normalization"), extra.get("output_shift")
+    spec, shift = card.normalization, card.output_shift
     cpu = torch.device("cpu")
     return np.stack([predict_probs(model, normalize(im, spec)[None], tta=True, device=cpu, output_shift=shift)[1] for im in images])
 
@@ -72,17 +72,17 @@ def main() -> int:
         run = out / "ours"
     weights = run / "model-last.safetensors" if (run / "model-last.safetensors").is_file() else run
     model, meta = load_with_config(weights)
-    extra = meta["extra"]
+    card = meta["card"]
 
     names = ["20", "21", "22", "23"]
     images = [read_image(data / "images" / f"{n}.png") for n in names]
     labels = np.stack([read_image(data / "labels" / f"{n}.png") for n in names])
-    probs = cell_probabilities(model, extra, images)
+    probs = cell_probabilities(model, card, images)
     metrics = evaluate_to_folder("isbi2012", probs, labels, out / "eval", images=np.stack(images), names=names,
                                  extra={"run": str(run), "tta": "8-fold"})
 
     test_files = list_images(data / "test")
-    test = cell_probabilities(model, extra, [read_image(p) for p in test_files]).astype(np.float32)
+    test = cell_probabilities(model, card, [read_image(p) for p in test_files]).astype(np.float32)
     write_image(out / "isbi2012-test-probabilities.tif", test, compression=None)
 
     keys = ("pixel_error", "pixel_error_f1", "rand_error", "v_rand", "v_info", "warping_error", "warping_error_splits_mergers")

@@ -95,8 +95,8 @@ def main() -> int:
         for run, probs_path in zip(args.run, args.probs):
             run = Path(run)
             model, meta = load_with_config(run / "model-last.safetensors")
-            if meta["extra"].get("output_shift") is not None:  # its saved probabilities are shifted already
-                print(f"   {str(run):<28} trained with calibration (shift {meta['extra']['output_shift']}): nothing to re-score")
+            if meta["card"].output_shift is not None:  # its saved probabilities are shifted already
+                print(f"   {str(run):<28} trained with calibration (shift {list(meta['card'].output_shift)}): nothing to re-score")
                 continue
             calib = load_train_config(run / "config.yaml").calibration
             shift, _report = calibrate_model(model, train_items, calib, device=torch.device("cpu"))

@@ -90,9 +90,9 @@ def run_ours(args, val_items) -> dict:
     train_s = time.perf_counter() - t0
     print(f"[ours] {result.status} after {result.step} steps in {train_s / 60:.1f} min ({result.steps_per_s:.3f} steps/s)", flush=True)
     model, meta = load_with_config(out / "model-last.safetensors")
-    shift = meta["extra"].get("output_shift")  # estimated on the training sections (calibration.output_shift)
+    shift = meta["card"].output_shift  # estimated on the training sections (calibration.output_shift)
     if shift:
-        print(f"[ours] output shift {shift} px (from the training sections)", flush=True)
+        print(f"[ours] output shift {list(shift)} px (from the training sections)", flush=True)
     t1 = time.perf_counter()
     probs = [predict_probs(model, it.image, tta=True, device=torch.device("cpu"), precision="fp32", output_shift=shift)[1] for it in val_items]
     pred_s = time.perf_counter() - t1

@@ -115,8 +115,8 @@ def main() -> int:
 
     # (name, checkpoint weights or None for the saved model, recompute batch-norm statistics)
     candidates: list[tuple[str, np.ndarray | None, bool]] = [("final weights", np.eye(len(states))[-1], False)]
-    if "averaged_steps" in meta["extra"].get("training", {}):  # trained with averaging: its saved average too
-        candidates.append((f"saved average of {meta['extra']['training']['averaged_steps']} steps", None, False))
+    if meta["card"].training.averaged_steps is not None:  # trained with averaging: its saved average too
+        candidates.append((f"saved average of {meta['card'].training.averaged_steps} steps", None, False))
     for k in args.uniform:
         if 1 < k <= len(states):
             w = np.zeros(len(states))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from unetseg import runtime, tiling
-from unetseg.models import UNet, save
-from unetseg.predict import _read_mirrored, predict_image, probabilities
+from unetseg.models import ModelCard, UNet, save
+from unetseg.inference import Predictor, probabilities, read_mirrored
 
 
 def _image(size: int, seed: int = 0) -> np.ndarray:
@@ -65,7 +65,7 @@ def bench_ab(net, img, tile, repeats, width):
     src = img[None]
     windows = {}
     for t in plan:
-        w = _read_mirrored(src, 1, list(zip(t.in_start, t.in_stop)))
+        w = read_mirrored(src, 1, list(zip(t.in_start, t.in_stop)))
         windows.setdefault(t.in_shape, []).append(torch.from_numpy(np.ascontiguousarray(w[None])).contiguous(memory_format=torch.channels_last))
     fmt = torch.channels_last
     net.to(memory_format=fmt)
@@ -76,8 +76,10 @@ def bench_ab(net, img, tile, repeats, width):
                 for x in xs:
                     probabilities(net(x)).numpy()
 
+    predictor = Predictor(net, device="cpu", precision="fp32", channels_last=True)  # prepared once, as the CLI does
+
     def tiled():
-        predict_image(net, img, tile_shape=tile, channels_last=True)
+        predictor.predict(img, tile_shape=tile)
 
     contenders = {"tiled": tiled, "net": net_only, "monai25": monai_runner(width, img, 0.25), "monai50": monai_runner(width, img, 0.5)}
     tiled()  # warm-up: primitives for every tile shape
@@ -138,7 +140,7 @@ def bench_rss(width, big, tile, workdir: Path):
     run_dir = workdir / "run"
     run_dir.mkdir()
     torch.manual_seed(0)
-    save(UNet(1, 2, base_channels=width, dropout=0.0), run_dir, extra={"normalization": {"method": "percentile", "low": 1, "high": 99.8}, "foreground_class": 1})
+    save(UNet(1, 2, base_channels=width, dropout=0.0), run_dir, card=ModelCard())
     src = workdir / "big.tif"
     rows = 1024
     rng = np.random.default_rng(0)
@@ -195,12 +197,13 @@ def main(argv=None) -> int:
     print(f"(b) MONAI sliding_window_inference roi 512 gaussian overlap 0.50: {t_m50:.1f} s ({mpx / t_m50:.3f} Mpx/s) -> unetseg {t_m50 / t_tiled:.2f}x", flush=True)
 
     small = img[: args.bf16_size, : args.bf16_size]
-    fp32 = predict_image(net, small, tile_shape=args.tile, precision="fp32")
-    bf = predict_image(net, small, tile_shape=args.tile, precision="bf16")
+    p32, p16 = Predictor(net, device="cpu", precision="fp32"), Predictor(net, device="cpu", precision="bf16")
+    fp32 = p32.predict(small, tile_shape=args.tile)
+    bf = p16.predict(small, tile_shape=args.tile)
     t32s, t16s = [], []
     for _ in range(args.repeats):  # interleaved, best of each
-        t32s.append(_best(lambda: predict_image(net, small, tile_shape=args.tile, precision="fp32"), 1))
-        t16s.append(_best(lambda: predict_image(net, small, tile_shape=args.tile, precision="bf16"), 1))
+        t32s.append(_best(lambda: p32.predict(small, tile_shape=args.tile), 1))
+        t16s.append(_best(lambda: p16.predict(small, tile_shape=args.tile), 1))
     t32, t16 = min(t32s), min(t16s)
     d = dice(fp32[1] > 0.5, bf[1] > 0.5)
     print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)

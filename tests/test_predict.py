@@ -236,7 +236,7 @@ import tifffile  # noqa: E402
 from unetseg.cli import main  # noqa: E402
 from unetseg.models import save  # noqa: E402
 from unetseg.normalize import normalize  # noqa: E402
-from unetseg.predict import fit_normalization, predict_file  # noqa: E402
+from unetseg.predict import predict_file  # noqa: E402
 
 
 @pytest.fixture
@@ -252,16 +252,6 @@ def _expected(run_dir, img, spec=None):
 
     x = normalize(img, spec or {"method": "minmax"})
     return predict_image(load(run_dir), x, tile_shape=116)[1]
-
-
-@pytest.mark.parametrize("spec", [{"method": "percentile", "low": 1, "high": 99.8}, {"method": "minmax"}, {"method": "zscore"}, {"method": "dtype"}])
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_streamed_normalisation_matches_normalize(spec, dtype):
-    img = (np.random.default_rng(0).random((2, 300, 70)) * 200).astype(dtype)
-    if spec["method"] == "dtype" and dtype == np.float32:
-        img = img / 200
-    fitted = fit_normalization(img, spec)(img)
-    np.testing.assert_allclose(fitted, normalize(img, spec, channel_axis=0), rtol=1e-5, atol=1e-5)
 
 
 def test_cli_predict_folder_prob_and_file_types(tmp_path, run_dir):

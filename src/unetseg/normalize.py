@@ -21,6 +21,7 @@ from .errors import ConfigError, InputError
 METHODS = ("percentile", "minmax", "dtype", "zscore", "none")
 DEFAULT = {"method": "percentile", "low": 1.0, "high": 99.8}
 _SAMPLE_LIMIT = 1 << 24  # elements per channel used for float percentiles of a streamed source
+_BAND_ELEMENTS = 1 << 24  # elements read at a time while streaming statistics
 
 
 def _method(spec: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
@@ -132,11 +133,11 @@ def _affine(offset, scale, shape_c) -> Callable[[np.ndarray], np.ndarray]:
     return lambda w: (np.asarray(w).astype(np.float32) - lo32) / span32
 
 
-def _bands(source: Any, limit: int = 1 << 24) -> Iterator[np.ndarray]:
+def _bands(source: Any) -> Iterator[np.ndarray]:
     """``source`` read in bands along its first spatial axis, each ``(channels, pixels)``."""
     shape = tuple(int(s) for s in source.shape)
     row = max(1, math.prod(shape[2:]) * shape[0])
-    step = max(1, limit // row)
+    step = max(1, _BAND_ELEMENTS // row)
     for start in range(0, shape[1], step):
         yield np.asarray(source[(slice(None), slice(start, min(shape[1], start + step)))]).reshape(shape[0], -1)
 
