@@ -531,3 +531,17 @@ def test_cli_applies_the_output_shift_unless_told_not_to(tmp_path):
     a, b = tifffile.imread(tmp_path / "a" / "x.tif"), tifffile.imread(tmp_path / "b" / "x.tif")
     np.testing.assert_allclose(a[1:], b[:-1], atol=1e-6)  # moved down by one row
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)  # the first row repeats
+
+
+def test_labels_split_by_the_border_class_the_card_records(tmp_path):
+    torch.manual_seed(0)
+    d = tmp_path / "run3"
+    d.mkdir()
+    save(_net(base=2, num_classes=3), d, card=ModelCard(normalization={"method": "minmax"}, classes=("bg", "cell", "border"), border_class=2))
+    tifffile.imwrite(tmp_path / "x.tif", np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    assert main(["predict", "--model", str(d), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o"), "--output", "labels", "--split", "border"]) == 0
+    assert tifffile.imread(tmp_path / "o" / "x.tif").shape == (40, 40)
+    d2 = tmp_path / "run3-nocard"
+    d2.mkdir()
+    save(_net(base=2, num_classes=3), d2, card=ModelCard(normalization={"method": "minmax"}, classes=("bg", "cell", "other")))
+    assert main(["predict", "--model", str(d2), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o2"), "--output", "labels", "--split", "border"]) == 1

@@ -159,14 +159,21 @@ def resolved_target(path: str | os.PathLike, cfg: DataConfig | None = None) -> T
 def card_for_target(target: TargetConfig, normalization: dict[str, Any] | None = None) -> ModelCard:
     """The model card a model trained on ``target`` labels starts from (classes, task, normalisation).
 
+    A class named ``border`` of a multiclass target becomes the card's ``border_class``, which
+    ``predict --output labels --split border`` uses to separate touching objects.
+
     Examples
     --------
     >>> card_for_target(TargetConfig(kind="binary", foreground_value=255, class_names=("membrane", "cell"))).classes
     ('membrane', 'cell')
+    >>> card_for_target(TargetConfig(kind="multiclass", class_values=(0, 1, 2), class_names=("bg", "cell", "border"))).border_class
+    2
     """
+    names = tuple(target.names)
     return ModelCard(
         normalization=dict(normalization if normalization is not None else _default_norm()),
-        classes=tuple(target.names),
+        classes=names,
         foreground_class=1,
+        border_class=names.index("border") if "border" in names else None,
         task="instances" if target.kind == "instances" else "semantic",
     )
