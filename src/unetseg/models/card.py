@@ -28,7 +28,7 @@ from ..errors import ConfigError, ModelFileError
 
 CARD_VERSION = 1
 DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
-_TRAINING_KEYS = ("train", "val", "data", "tile", "precision", "step", "averaged_steps", "metrics", "unetseg_version")
+_TRAINING_KEYS = ("train", "val", "data", "tile", "precision", "step", "averaged_steps", "metrics", "unetseg_version", "init")
 
 
 def _default_normalization() -> dict[str, Any]:
@@ -49,6 +49,7 @@ class TrainingInfo:
     averaged_steps: int | None = None  # weights are a running mean over this many steps
     metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of these weights
     unetseg_version: str | None = None
+    init: str | None = None  # the model training started from (model.init), if any
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,15 @@ class ModelConfig:
     """Which network: an architecture of :data:`unetseg.models.ARCHITECTURES` and its arguments.
 
     ``args`` are the constructor keyword arguments (``in_channels`` and ``num_classes`` default to
-    what the data provide).
+    what the data provide). ``init`` starts from a trained model (a run folder or model file:
+    fine-tuning, :mod:`unetseg.train.init`); its architecture must match, except the class count
+    when ``reinit_head`` re-initialises the output layer.
     """
 
     arch: str = "UNet"
     args: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    reinit_head: bool = False
 
 
 @dataclass(frozen=True)

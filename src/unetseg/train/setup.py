@@ -17,6 +17,7 @@ from ..errors import ConfigError, InputError, ModelFileError
 from ..models import ARCHITECTURES, build
 from . import distributed as dist_util
 from .config import SplitConfig, TrainConfig
+from .init import init_from
 from .loop import TrainResult, fit, seed_model_init
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def model_args(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str
     return args
 
 
-def check_model_config(cfg: TrainConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def check_model_config(cfg: TrainConfig, config_path: str | os.PathLike | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Check ``model`` and ``tile`` before any data is read; return the (input, output) tile.
 
     A model with the recipe's arguments (channels and classes as the config says, or 1 and 2)
@@ -110,6 +111,10 @@ def check_model_config(cfg: TrainConfig) -> tuple[tuple[int, ...], tuple[int, ..
         probe = build(cfg.model.arch, args)
     except ModelFileError as exc:
         raise ConfigError(f"model.args: {exc}") from exc
+    if cfg.model.init:
+        init = resolve_path(cfg.model.init, config_path, "model.init")
+        if not init.exists():
+            raise ConfigError(f"model.init: {init} does not exist (expected a run folder or a model .safetensors file)")
     return tile_shapes(cfg, probe)
 
 
@@ -141,7 +146,7 @@ def train_from_config(
     on_step=None,
 ) -> TrainResult:
     """Check the recipe, load its data, build its model and train it into the run folder ``out``."""
-    in_shape, out_shape = check_model_config(cfg)  # every config error before any data is read
+    in_shape, out_shape = check_model_config(cfg, config_path)  # every config error before any data is read
     info = dist_util.from_env()
     cache: dict = {}
     train = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
@@ -151,6 +156,10 @@ def train_from_config(
     args = model_args(cfg, int(train.items[0].image.shape[0]), train.target.num_classes)
     with seed_model_init(cfg.runtime.seed):
         model = build(cfg.model.arch, args)
+    if cfg.model.init and not resume:
+        init = resolve_path(cfg.model.init, config_path, "model.init")
+        fresh = init_from(model, init, reinit_head=cfg.model.reinit_head)
+        log.info("model.init: weights from %s%s", init, f" (re-initialised: {', '.join(fresh)})" if fresh else "")
     if time_limit_s is None and cfg.runtime.max_minutes is not None:
         time_limit_s = cfg.runtime.max_minutes * 60
     samp = cfg.sampling
@@ -161,6 +170,7 @@ def train_from_config(
     )
     card = card_for_target(train.target, cfg.data.normalization).with_training(
         train=tuple(it.name for it in train.items), val=tuple(it.name for it in val_items), tile=out_shape, data=cfg.train_data.path,
+        init=cfg.model.init,
     )
     log.info(
         "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
