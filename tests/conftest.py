@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from unetseg.io import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -31,3 +34,26 @@ def hela_dir() -> Path:
 @pytest.fixture
 def dsb_dir() -> Path:
     return shared_dataset("dsb2018-stardist-sample")
+
+
+def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
+    """Tiny ISBI-like folders: bright cells (255) separated by dark membranes (0)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        pts = rng.uniform(0, size, (6, 2))
+        d = np.sort(((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2) ** 0.5, axis=-1)
+        membrane = (d[..., 1] - d[..., 0]) < 2.0
+        label = np.where(membrane, 0, 255).astype(np.uint8)
+        image = np.clip(np.where(membrane, 60, 180) + rng.normal(0, 20, label.shape), 0, 255).astype(np.uint8)
+        write_image(root / "images" / f"{i:02d}.png", image)
+        write_image(root / "labels" / f"{i:02d}.png", label)
+    return root
+
+
+@pytest.fixture
+def make_em_dataset():
+    """:func:`make_dataset`: tiny ISBI-like ``images/`` + ``labels/`` folders."""
+    return make_dataset

@@ -92,3 +92,40 @@ def test_tile_memory_estimate_asks_the_model_not_its_class_name():
     plain, heavy = UNet(base_channels=8), Heavier(base_channels=8)
     assert estimate_tile_memory(heavy, (252, 252)) == pytest.approx(3 * estimate_tile_memory(plain, (252, 252)), rel=1e-6)
     assert estimate_tile_memory(FusionNet(base_channels=8), (252, 252)) > estimate_tile_memory(UNet(base_channels=8), (252, 252))
+
+
+def test_an_ensemble_is_the_mean_of_its_members(tmp_path):
+    from unetseg.inference import EnsemblePredictor, model_paths
+
+    img = np.random.default_rng(3).random((41, 37), dtype=np.float32)
+    nets = []
+    for k in range(3):
+        torch.manual_seed(k)
+        nets.append(UNet(1, 2, base_channels=2, depth=2, dropout=0.0))
+        (tmp_path / f"fold{k}").mkdir()
+        save(nets[-1], tmp_path / f"fold{k}", card=ModelCard(output_shift=(0.25 * k, 0.0)))
+    assert model_paths(tmp_path) == [tmp_path / f"fold{k}" for k in range(3)]
+    ens = EnsemblePredictor.from_path(tmp_path, precision="fp32")
+    assert ens.card.output_shift == (0.25, 0.0)
+    members = [predict_image(n, img, tile_shape=20, tta=True) for n in nets]
+    np.testing.assert_allclose(ens.predict(img, tile_shape=20, tta=True, output_shift=None), np.mean(members, axis=0), atol=1e-6)
+    with pytest.raises(Exception, match="differs from member 0"):
+        EnsemblePredictor([nets[0], UNet(1, 3, base_channels=2, depth=2)])
+
+
+def test_cli_predict_ensembles_a_cv_folder_or_repeated_models(tmp_path):
+    import tifffile
+
+    from unetseg.cli import main
+
+    for k in range(2):
+        torch.manual_seed(k)
+        (tmp_path / "cv" / f"fold{k}").mkdir(parents=True)
+        save(UNet(1, 2, base_channels=2, depth=2, dropout=0.0), tmp_path / "cv" / f"fold{k}", card=ModelCard(normalization={"method": "minmax"}))
+    tifffile.imwrite(tmp_path / "x.tif", np.random.default_rng(0).integers(0, 255, (30, 30), dtype=np.uint8))
+    assert main(["predict", "--model", str(tmp_path / "cv"), str(tmp_path / "x.tif"), "--out", str(tmp_path / "a"), "--tile", "20"]) == 0
+    folds = ["--model", str(tmp_path / "cv" / "fold0"), "--model", str(tmp_path / "cv" / "fold1")]
+    assert main(["predict", *folds, str(tmp_path / "x.tif"), "--out", str(tmp_path / "b"), "--tile", "20"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "x.tif"), tifffile.imread(tmp_path / "b" / "x.tif"))
+    assert main(["predict", "--model", str(tmp_path / "cv" / "fold0"), str(tmp_path / "x.tif"), "--out", str(tmp_path / "c"), "--tile", "20"]) == 0
+    assert not np.array_equal(tifffile.imread(tmp_path / "a" / "x.tif"), tifffile.imread(tmp_path / "c" / "x.tif"))

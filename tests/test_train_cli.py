@@ -16,30 +16,12 @@ import pytest
 from safetensors.torch import load_file
 
 from unetseg.cli import main
-from unetseg.io import write_image
 from unetseg.models import load_with_config
 from unetseg.train import latest_checkpoint
 from unetseg.train.plots import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
-    """Tiny ISBI-like folders: bright cells (255) separated by dark membranes (0)."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        pts = rng.uniform(0, size, (6, 2))
-        d = np.sort(((yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2) ** 0.5, axis=-1)
-        membrane = (d[..., 1] - d[..., 0]) < 2.0
-        label = np.where(membrane, 0, 255).astype(np.uint8)
-        image = np.clip(np.where(membrane, 60, 180) + rng.normal(0, 20, label.shape), 0, 255).astype(np.uint8)
-        write_image(root / "images" / f"{i:02d}.png", image)
-        write_image(root / "labels" / f"{i:02d}.png", label)
-    return root
 
 
 RECIPE = """
@@ -68,8 +50,8 @@ def write_recipe(tmp: Path, data: Path, *, steps=6, val=True, val_every=3, ckpt_
 
 
 @pytest.fixture
-def dataset(tmp_path) -> Path:
-    return make_dataset(tmp_path / "data")
+def dataset(tmp_path, make_em_dataset) -> Path:
+    return make_em_dataset(tmp_path / "data")
 
 
 def test_train_writes_run_folder_and_predict_needs_nothing_else(tmp_path, dataset, capsys):

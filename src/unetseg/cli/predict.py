@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segment images (files, folders, stacks) with a trained model",
         description="Overlap-tile segmentation of images of any size, out of core for TIFF/npy/zarr.",
     )
-    p.add_argument("--model", required=True, help="run folder or model .safetensors file")
+    p.add_argument("--model", required=True, action="append",
+                   help="run folder, model .safetensors file, or a `unetseg cv` folder (its fold models are ensembled); "
+                        "repeat to ensemble several models (mean probability)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, stacks, zarr arrays")
     p.add_argument("--out", required=True, help="output folder (created if missing); writes OUT/NAME.tif")
     p.add_argument("--tile", type=int, default=None, help="largest output tile side (default: from the memory budget)")
@@ -70,7 +72,7 @@ def _output_name(path: Path, fmt: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..inference import Predictor
+    from ..inference import EnsemblePredictor, Predictor, model_paths
 
     if args.tile is not None and args.tile < 1:
         raise ConfigError(f"--tile {args.tile}: expected a positive size")
@@ -88,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.channel is not None and args.channel < 0:
         raise ConfigError(f"--channel {args.channel}: expected a channel index >= 0")
-    predictor = Predictor.from_path(args.model, device=args.device, precision=args.precision)
+    paths = [p for m in args.model for p in model_paths(m)]
+    if len(paths) == 1:
+        predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision)
+    else:
+        predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision)
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
         for path, name in tqdm(list(zip(files, names)), unit="file", desc="files", position=0, disable=None):

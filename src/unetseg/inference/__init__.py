@@ -6,6 +6,7 @@
 - ``shift``: the calibrated output shift applied after TTA.
 - ``dask``: ``map_overlap`` inference of arrays larger than one machine.
 - ``files``: file in, file out (lazy reading, image-wide normalisation, output kinds).
+- ``ensemble``: several models (the folds of ``unetseg cv``) as one predictor.
 
 Tiling is planned by :mod:`unetseg.tiling`: valid-padding models get non-overlapping output
 tiles on the ``2**depth`` grid fed with input windows enlarged by the halo and mirrored beyond
@@ -24,12 +25,14 @@ from .engine import (
     read_mirrored,
     whole_image_reference,
 )
+from .ensemble import EnsemblePredictor, model_paths
 from .files import OUTPUT_KINDS, image_views, predict_file
 from .predictor import Predictor, as_predictor, predict_image, predict_into
 from .shift import check_output_shift, shift_probabilities
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
+    "EnsemblePredictor",
     "OUTPUT_KINDS",
     "Predictor",
     "as_predictor",
@@ -39,6 +42,7 @@ __all__ = [
     "dihedral_transforms",
     "estimate_tile_memory",
     "image_views",
+    "model_paths",
     "predict_dask",
     "predict_file",
     "predict_image",
