@@ -95,7 +95,25 @@ def test_ctc_layout_uses_only_annotated_frames(tmp_path):
     assert s.image[0, 0, 0] == 2
     assert s.target[5, 8] == 0  # carved separation line
     assert resolved_target(tmp_path).kind == "instances"
-    assert resolved_target(tmp_path).unlabeled == "ignore_far"
+    assert resolved_target(tmp_path).unlabeled == "partial"
+
+
+def test_partial_annotations_are_decided_per_frame_from_the_data(tmp_path):
+    # three complete frames (6 cells each) and one with a single annotated cell, CTC layout
+    (tmp_path / "01").mkdir()
+    (tmp_path / "01_GT" / "SEG").mkdir(parents=True)
+    for t in range(4):
+        write_image(tmp_path / "01" / f"t{t:03d}.tif", np.full((120, 120), 50, np.uint8))
+        lab = np.zeros((120, 120), np.uint16)
+        for i in range(6 if t < 3 else 1):
+            lab[5 + 18 * i : 15 + 18 * i, 5:15] = i + 1
+        write_image(tmp_path / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", lab)
+    items = load_dataset(tmp_path, DataConfig(normalization=RAW))
+    far = (slice(100, 120), slice(100, 120))  # > 40 px from every annotated cell in every frame
+    assert [bool(it.ignore[far].all()) for it in items] == [False, False, False, True]
+    assert not any(it.ignore[far].any() for it in items[:3])  # complete frames: far background is background
+    explicit = load_dataset(tmp_path, DataConfig(normalization=RAW, target=TargetConfig(unlabeled="ignore_far")))
+    assert all(it.ignore[far].all() for it in explicit)
 
 
 def test_rgb_images_become_channels(tmp_path):

@@ -29,11 +29,14 @@ most one non-zero value and ``instances`` otherwise (logged).
 Ignore rule for partial annotations (``TargetConfig.unlabeled``):
 
 * ``"background"`` (default): every unlabelled pixel is background.
+* ``"partial"`` (default for the CTC layout): decided per label image from the data: an image
+  with far fewer annotated objects than the others (fewer than half the median count,
+  :func:`~unetseg.data.targets.partial_frames`) is partial and gets ``"ignore_far"``; the rest
+  are complete and get ``"background"``, so far background is learned as background.
 * ``"ignore_far"``: unlabelled pixels farther than ``unlabeled_margin`` px from every annotated
   object are masked out of the loss. Near annotated cells (where their outlines and the separation
   borders are) background stays trusted; far away an unlabelled region may be a cell nobody
-  annotated. This is the default for the CTC layout, whose SEG ground truth is partial (HeLa
-  ``man_seg067`` labels 3 of many visible cells; cells at the border are often unlabelled).
+  annotated (HeLa ``man_seg067`` labels 3 of many visible cells).
 
 In addition a label value can be declared as "not annotated" (``ignore_value``); those pixels
 are always ignored.

@@ -36,7 +36,7 @@ class TargetConfig:
     border_width: int = 1
     instance_connectivity: int = 1  # binary/multiclass: objects for the weight map = components
     ignore_value: int | None = None  # label value meaning "not annotated" (masked out)
-    unlabeled: Literal["auto", "background", "ignore_far"] = "auto"  # auto: ignore_far for CTC
+    unlabeled: Literal["auto", "background", "ignore_far", "partial"] = "auto"  # auto: partial for CTC
     unlabeled_margin: float = 40.0
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ values it saw (``auto``), and returns the samples together with that resolved
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from ..normalize import normalize
 from ..weights import WeightCache
 from .config import DataConfig, TargetConfig, _default_norm
 from .layout import Pair, discover
-from .targets import LabeledImage, make_target, resolve_kind
+from .targets import LabeledImage, make_target, partial_frames, resolve_kind
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,10 @@ def _read_labels(pair: Pair, cfg: DataConfig, imgs: list[np.ndarray]) -> list[np
     return labs
 
 
-def _samples(pair: Pair, imgs, labs, target: TargetConfig, cfg: DataConfig, cache: WeightCache | None) -> list[LabeledImage]:
+def _samples(pair: Pair, imgs, labs, targets: list[TargetConfig], cfg: DataConfig, cache: WeightCache | None) -> list[LabeledImage]:
     """The :class:`LabeledImage` of each page (2D) or the volume (3D) of one image/label pair."""
     out = []
-    for z, (img, lab) in enumerate(zip(imgs, labs)):
+    for z, (img, lab, target) in enumerate(zip(imgs, labs, targets)):
         name = pair.name if len(imgs) == 1 else f"{pair.name}_z{z:03d}"
         where = str(pair.label) if len(imgs) == 1 else f"{pair.label} (page {z})"
         image = normalize(img, cfg.normalization, channel_axis=0).astype(np.float32, copy=False)
@@ -120,10 +121,21 @@ def load_labeled(path: str | os.PathLike, cfg: DataConfig | None = None, *, prog
         if imgs[0].shape[0] != first[1][0].shape[0]:
             raise InputError(f"{pair.image}: channel count differs from {first[0].image}")
     target = resolve_kind(cfg.target, layout, values)
+    per_sample = iter(_sample_targets(target, [lab for _, _, labs in raw for lab in labs]))
     cache = WeightCache(cfg.cache_dir) if cfg.weights.enabled else None
-    items = [s for pair, imgs, labs in raw for s in _samples(pair, imgs, labs, target, cfg, cache)]
+    items = [s for pair, imgs, labs in raw for s in _samples(pair, imgs, labs, [next(per_sample) for _ in labs], cfg, cache)]
     log.info("loaded %d samples from %s (%s layout, %s targets)", len(items), path, layout, target.kind)
     return LabeledData(items, target, layout)
+
+
+def _sample_targets(target: TargetConfig, labels: list[np.ndarray]) -> list[TargetConfig]:
+    """The target of each label sample: ``unlabeled: partial`` decided per sample (:func:`partial_frames`)."""
+    if target.unlabeled != "partial":
+        return [target] * len(labels)
+    flags = partial_frames(labels, target.ignore_value)
+    log.info("unlabeled: partial: %d of %d label images annotate only some objects (far unlabelled pixels ignored there)",
+             sum(flags), len(flags))
+    return [dataclasses.replace(target, unlabeled="ignore_far" if f else "background") for f in flags]
 
 
 def load_dataset(path: str | os.PathLike, cfg: DataConfig | None = None, *, progress: bool = False) -> list[LabeledImage]:
