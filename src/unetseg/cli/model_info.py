@@ -25,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    card = None
     if args.model:
         meta = read_config(args.model)
-        arch, kwargs = meta["arch"], meta["args"]
+        arch, kwargs, card = meta["arch"], meta["args"], meta["card"]
     else:
         arch = args.arch
         kwargs = dict(in_channels=args.in_channels, num_classes=args.num_classes, base_channels=args.base_channels)
@@ -48,4 +49,22 @@ def run(args: argparse.Namespace) -> int:
         shape_in = "x".join([str(size_in)] * dims)
         shape_out = "x".join([str(size_out)] * dims)
         print(f"                  {shape_in:>9} -> {shape_out:<9} {flops * 1e6 / 1e9:,.0f}")
+    if card is not None:
+        _print_card(card)
     return 0
+
+
+def _print_card(card) -> None:
+    """What the model card tells a user: the task, classes, normalisation, shift and provenance."""
+    t = card.training
+    task = "instances (--output labels splits the foreground into objects)" if card.is_instances else "semantic"
+    print(f"task              {task}")
+    print(f"classes           {', '.join(f'{i}={n}' for i, n in enumerate(card.classes))}  (foreground: {card.foreground_name}"
+          + (f", border: {card.classes[card.border_class]})" if card.border_class is not None else ")"))
+    print(f"normalisation     {card.normalization}")
+    print(f"output shift      {list(card.output_shift) if card.output_shift else 'none'}")
+    print(f"trained on        {len(t.train)} image(s){f' from {t.data}' if t.data else ''}; validated on {len(t.val)}; "
+          f"tile {list(t.tile) if t.tile else '?'}; {t.precision or '?'}; step {t.step if t.step is not None else '?'}"
+          + (f"; started from {t.init}" if t.init else "") + f"; unetseg {t.unetseg_version or '?'}")
+    if t.metrics:
+        print("metrics           " + ", ".join(f"{k} {v:.4f}" for k, v in t.metrics.items()))
