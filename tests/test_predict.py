@@ -545,3 +545,24 @@ def test_labels_split_by_the_border_class_the_card_records(tmp_path):
     d2.mkdir()
     save(_net(base=2, num_classes=3), d2, card=ModelCard(normalization={"method": "minmax"}, classes=("bg", "cell", "other")))
     assert main(["predict", "--model", str(d2), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o2"), "--output", "labels", "--split", "border"]) == 1
+
+
+def test_labels_without_flags_use_the_postprocessing_the_card_records(tmp_path):
+    from unetseg.models import Postprocess
+
+    img = np.random.default_rng(4).integers(0, 255, (48, 48), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    runs = {}
+    for name, post in (("default", Postprocess()), ("low", Postprocess(threshold=0.0)), ("big", Postprocess(threshold=0.0, min_size=10**6))):
+        torch.manual_seed(0)
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        save(_net(base=2), runs[name], card=ModelCard(normalization={"method": "minmax"}, postprocess=post))
+        assert main(["predict", "--model", str(runs[name]), str(tmp_path / "x.tif"), "--out", str(tmp_path / f"o-{name}"), "--output", "labels"]) == 0
+    labels = {k: tifffile.imread(tmp_path / f"o-{k}" / "x.tif") for k in runs}
+    assert (labels["low"] == 1).all()  # the card's threshold 0: everything is foreground, one object
+    assert labels["big"].max() == 0  # the card's min_size removes it
+    # explicit flags win over the card
+    flags = ["--output", "labels", "--min-size", "0", "--threshold", "0.5"]
+    assert main(["predict", "--model", str(runs["big"]), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o-flag"), *flags]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o-flag" / "x.tif"), labels["default"])

@@ -100,19 +100,23 @@ def reference_labels(item: Any, protocol: str) -> np.ndarray:
     return pages[int(page.group(1)) if page and len(pages) > 1 else 0]
 
 
-def predict_held_out(run_dir: Path, items: list[Any], protocol: str, *, tta: bool = True, split: str = "distance", min_size: int = 0) -> list[np.ndarray]:
-    """Foreground probabilities (semantic protocols) or instance labels (ctc, instances) of ``items``."""
+def predict_held_out(run_dir: Path, items: list[Any], protocol: str, *, tta: bool = True, split: str | None = None,
+                     min_size: int | None = None) -> list[np.ndarray]:
+    """Foreground probabilities (semantic protocols) or instance labels (ctc, instances) of ``items``
+    (``split``/``min_size``: the card's ``postprocess`` unless given)."""
     from .inference import Predictor
     from .postprocess import instances_from_probabilities
 
     predictor = Predictor.from_path(run_dir)
     card = predictor.card
+    post = card.postprocess
+    split, min_size = (post.split if split is None else split), (post.min_size if min_size is None else min_size)
     out = []
     for it in items:
         probs = predictor.predict(it.image, tta=tta)
         if protocol in ("ctc", "instances"):
-            out.append(instances_from_probabilities(probs, foreground_class=card.foreground_class, split=split,
-                                                    border_class=card.border_class, min_size=min_size))
+            out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
+                                                    split=split, border_class=card.border_class, min_size=min_size))
         else:
             out.append(probs[card.foreground_class])
     return out
@@ -137,7 +141,7 @@ def headline(metrics: dict[str, Any], protocol: str) -> dict[str, float]:
 
 def cross_validate(cfg: TrainConfig, out: str | os.PathLike, *, folds: int, config_path: str | os.PathLike | None = None,
                    protocol: str | None = None, minutes: float | None = None, final: bool = False, device: str | None = None,
-                   progress: bool = False, split: str = "distance", min_size: int = 0) -> CVResult:
+                   progress: bool = False, split: str | None = None, min_size: int | None = None) -> CVResult:
     """Train and score the recipe ``folds`` times, each fold held out once; see the module docstring."""
     from .train.setup import load_split, train_from_config
 

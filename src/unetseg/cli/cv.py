@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=None, help="training time per fold (default: the recipe's runtime.max_minutes)")
     p.add_argument("--protocol", default=None, choices=["isbi2012", "ctc", "binary", "instances"],
                    help="scoring protocol (default: ctc for instance labels, else isbi2012)")
-    p.add_argument("--split", default="distance", choices=["none", "distance", "border"], help="instances: watershed split")
-    p.add_argument("--min-size", type=int, default=0, help="instances: remove objects smaller than this many pixels")
+    p.add_argument("--split", default=None, choices=["none", "distance", "border"], help="instances: watershed split (default: the recipe's postprocess)")
+    p.add_argument("--min-size", type=int, default=None, help="instances: remove smaller objects (default: the recipe's postprocess)")
     p.add_argument("--final", action="store_true", help="afterwards train on all images into OUT/final")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--no-progress", action="store_true")

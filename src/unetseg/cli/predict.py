@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=None, help="largest output tile side (default: from the memory budget)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
     p.add_argument("--output", default="prob", choices=["prob", "mask", "labels"], help="probabilities, mask, or instance labels")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground threshold for mask/labels")
-    p.add_argument("--split", default="none", choices=["none", "distance", "border"], help="labels: watershed split of touching objects")
-    p.add_argument("--min-size", type=int, default=0, help="labels: remove objects smaller than this many pixels")
+    p.add_argument("--threshold", type=float, default=None, help="foreground threshold for mask/labels (default: the model card's, 0.5)")
+    p.add_argument("--split", default=None, choices=["none", "distance", "border"],
+                   help="labels: watershed split of touching objects (default: the model card's postprocess)")
+    p.add_argument("--min-size", type=int, default=None, help="labels: remove objects smaller than this many pixels (default: the card's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tile {args.tile}: expected a positive size")
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: expected a positive number")
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
     files = _collect(args.inputs)
     fmt = "tif" if args.output == "labels" else args.format

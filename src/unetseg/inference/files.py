@@ -73,10 +73,10 @@ def predict_file(
     output_path: str | os.PathLike,
     *,
     output: str = "prob",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     normalization: dict[str, Any] | None = None,
-    split: str = "none",
-    min_size: int = 0,
+    split: str | None = None,
+    min_size: int | None = None,
     channel: int | None = None,
     dask_scheduler: Any = None,
     progress: bool | Any = False,
@@ -90,7 +90,8 @@ def predict_file(
     ``"prob"`` float32 probabilities (for a 2-class model the foreground map alone), ``"mask"``
     uint8 (0/255 for 1-2 classes, else the argmax class), ``"labels"`` uint16/uint32 instances
     (:func:`unetseg.postprocess.instances_from_probabilities`, which needs the whole probability
-    map in memory). ``normalization`` overrides the card's. ``channel`` picks one channel of a
+    map in memory); ``threshold``, ``split``, ``min_size`` default to the card's ``postprocess``.
+    ``normalization`` overrides the card's. ``channel`` picks one channel of a
     multi-channel image for a single-channel model. Other keywords (``tile_shape``, ``tta``,
     ``batch_size``, ``output_shift``: the card's by default, ``None`` for none) go to
     :meth:`Predictor.predict_into`. With ``dask_scheduler`` (``"threads"``, an address or a
@@ -104,6 +105,7 @@ def predict_file(
     predictor = as_predictor(model, device=device, precision=precision)
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
+    threshold, split, min_size = _postprocess(card, threshold, split, min_size)
     spec = normalization if normalization is not None else card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
     source = open_source(input_path)
@@ -124,6 +126,13 @@ def predict_file(
             target = _StackTarget(writer, z, class_axis) if stack else writer
             _predict_view(predictor, view, target, fit_normalization(view, spec), transform, dtype, dask_scheduler, progress, kwargs)
     return output_path
+
+
+def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None) -> tuple[float, str, int]:
+    """The card's ``postprocess`` values where the caller gave none."""
+    post = card.postprocess
+    return (post.threshold if threshold is None else threshold, post.split if split is None else split,
+            post.min_size if min_size is None else min_size)
 
 
 def _write_labels(path: Path, probs: np.ndarray, card, threshold: float, split: str, min_size: int) -> None:

@@ -4,7 +4,7 @@ Models import only torch and return logits. ``save``/``load`` write and read saf
 JSON config holding the :class:`ModelCard`; loading never unpickles.
 """
 
-from .card import ModelCard, TrainingInfo, card_from_dict, card_to_dict
+from .card import ModelCard, Postprocess, TrainingInfo, card_from_dict, card_to_dict
 from .files import ARCHITECTURES, build, load, load_card, load_with_config, read_config, save
 from .flops import count_conv_layers, flops_per_output_pixel, parameter_count
 from .fusionnet import FusionNet
@@ -14,6 +14,7 @@ __all__ = [
     "ARCHITECTURES",
     "FusionNet",
     "ModelCard",
+    "Postprocess",
     "TrainingInfo",
     "UNet",
     "build",

@@ -53,6 +53,25 @@ class TrainingInfo:
 
 
 @dataclass(frozen=True)
+class Postprocess:
+    """How probabilities become instance labels (``predict --output labels`` without flags).
+
+    ``split``: ``none`` (connected components), ``distance`` or ``border`` (watershed splits,
+    :func:`unetseg.postprocess.instances_from_probabilities`); ``min_size``: objects smaller than
+    this many pixels are removed; ``threshold``: foreground probability threshold. A recipe's
+    ``postprocess`` section is what its benchmarks validated; training copies it into the card.
+    """
+
+    split: Literal["none", "distance", "border"] = "none"
+    min_size: int = 0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_size < 0 or not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"postprocess: min_size {self.min_size} must be >= 0 and threshold {self.threshold} in [0, 1]")
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What inference needs besides the network.
 
@@ -70,6 +89,8 @@ class ModelCard:
         ``instances``: the labels were objects; ``--output labels`` splits the foreground.
     output_shift : tuple of float or None
         Pixels per spatial axis the probabilities are moved after TTA (calibrated in training).
+    postprocess : Postprocess
+        How ``--output labels`` turns probabilities into objects unless told otherwise.
     training : TrainingInfo
         Provenance.
     """
@@ -81,6 +102,7 @@ class ModelCard:
     border_class: int | None = None
     task: Literal["semantic", "instances"] = "semantic"
     output_shift: tuple[float, ...] | None = None
+    postprocess: Postprocess = field(default_factory=Postprocess)
     training: TrainingInfo = field(default_factory=TrainingInfo)
 
     def __post_init__(self) -> None:
@@ -120,7 +142,7 @@ def card_from_dict(data: Any, *, where: str = "card") -> ModelCard:
     >>> card_from_dict({"colour": "red"})
     Traceback (most recent call last):
     ...
-    unetseg.errors.ConfigError: card.colour: unknown key (expected one of: border_class, card_version, classes, foreground_class, normalization, output_shift, task, training)
+    unetseg.errors.ConfigError: card.colour: unknown key (expected one of: border_class, card_version, classes, foreground_class, normalization, output_shift, postprocess, task, training)
     """
     from ..config import from_dict
 

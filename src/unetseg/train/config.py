@@ -15,6 +15,7 @@ A config file looks like::
     checkpoint: {every: 500, keep_last: 3}
     calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
     averaging: {enabled: false}          # unetseg.train.averaging.AveragingConfig
+    postprocess: {split: none, min_size: 0}  # unetseg.models.card.Postprocess: --output labels defaults
     runtime: {device: auto, precision: auto, seed: 0}
     batch_size: 1
     tile: [388, 388]     # output tile of one sample; the input adds the model's halo
@@ -33,6 +34,7 @@ from ..config import from_dict, load_config
 from ..data import DataConfig
 from ..errors import ConfigError
 from ..losses import LossConfig
+from ..models.card import Postprocess
 from .averaging import AveragingConfig
 from .calibrate import CalibrationConfig
 from .checkpoint import CheckpointConfig
@@ -188,6 +190,7 @@ class TrainConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    postprocess: Postprocess = field(default_factory=Postprocess)  # copied into the model card
     batch_size: int = 1
     tile: list[int] = field(default_factory=lambda: [388, 388])
 

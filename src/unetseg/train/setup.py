@@ -168,7 +168,7 @@ def train_from_config(
         foreground_bias=samp.foreground_bias, border_bias=samp.border_bias, border_threshold=samp.border_threshold,
         seed=cfg.runtime.seed, rank=0, world_size=1,
     )
-    card = card_for_target(train.target, cfg.data.normalization).with_training(
+    card = dataclasses.replace(card_for_target(train.target, cfg.data.normalization), postprocess=cfg.postprocess).with_training(
         train=tuple(it.name for it in train.items), val=tuple(it.name for it in val_items), tile=out_shape, data=cfg.train_data.path,
         init=cfg.model.init,
     )
