@@ -373,7 +373,6 @@ def _fetch_files(name: str, files: list[RemoteFile], dest: Path, base: str, *, p
     if not (listing.is_file() and listing.read_text() == sums):
         with atomic_path(listing) as tmp:
             tmp.write_text(sums)
-            tmp.chmod(0o666 & ~_umask())
     logger.info("%s: %d file(s) downloaded, %d reused from %s", name, fetched, reused, dest)
 
 
@@ -399,7 +398,6 @@ def _fetch_archive(ds: RemoteDataset, f: RemoteFile, root: Path, dest: Path, bas
         _download(_url(base, f.source), archive, f.sha256, progress=progress, timeout=timeout)
     try:
         with atomic_path(dest, directory=True) as tmp:
-            tmp.chmod(0o777 & ~_umask())
             safe_extract(archive, tmp, strip_prefix=ds.strip_prefix, max_bytes=limit)
             _write_marker(tmp, {"name": ds.name, "source": _url(base, f.source), "sha256": f.sha256})
     except UnsafeArchiveError:
@@ -418,13 +416,6 @@ def _foreign(dest: Path) -> bool:
 def _write_marker(folder: Path, info: dict) -> None:
     with atomic_path(folder / MARKER) as tmp:
         tmp.write_text(json.dumps(info) + "\n")
-        tmp.chmod(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _download(url: str, target: Path, expected: str, *, progress: bool, timeout: float) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .axes import stack_axes
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".zarr")
@@ -426,20 +427,3 @@ def read_stack(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
             slices.append(arr)
         return np.concatenate(slices, axis=0)
     return stack_axes(*read_image_axes(path, max_pixels=max_pixels), path=path)
-
-
-def stack_axes(array: np.ndarray, axes: str, *, path: str | os.PathLike = "<array>") -> np.ndarray:
-    """Reorder an array with known ``axes`` to ``(N, Y, X)`` or ``(N, Y, X, C)``.
-
-    Examples
-    --------
-    >>> stack_axes(np.zeros((3, 4, 5)), "CYX").shape
-    (1, 4, 5, 3)
-    """
-    if set(axes) - set("ZCYX") or "Y" not in axes or "X" not in axes or len(axes) != array.ndim:
-        raise InputError(f"{path}: cannot interpret axes {axes!r} of an array with shape {array.shape}")
-    order = [axes.index(a) for a in "ZYXC" if a in axes]
-    arr = np.transpose(array, order)
-    if "Z" not in axes:
-        arr = arr[None]
-    return arr

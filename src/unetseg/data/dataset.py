@@ -72,6 +72,16 @@ def _read_labels(pair: Pair, cfg: DataConfig, imgs: list[np.ndarray]) -> list[np
     return labs
 
 
+def _collect_values(values: set[int], labels) -> bool:
+    """Add the smallest label values of ``labels`` to ``values`` until three are known (enough
+    for :func:`~unetseg.data.targets.resolve_kind`); True once they are."""
+    for lab in labels:
+        if len(values) > 2:
+            break
+        values.update(int(v) for v in np.unique(lab)[:3])
+    return len(values) > 2
+
+
 def _samples(pair: Pair, imgs, labs, targets: list[TargetConfig], cfg: DataConfig, cache: WeightCache | None) -> list[LabeledImage]:
     """The :class:`LabeledImage` of each page (2D) or the volume (3D) of one image/label pair."""
     out = []
@@ -110,9 +120,8 @@ def load_labeled(path: str | os.PathLike, cfg: DataConfig | None = None, *, prog
     for pair in pairs:
         imgs = _read_image(pair, cfg)
         labs = _read_labels(pair, cfg, imgs)
-        if cfg.target.kind == "auto" and len(values) <= 2:
-            for lab in labs:
-                values.update(int(v) for v in np.unique(lab)[:3])
+        if cfg.target.kind == "auto":
+            _collect_values(values, labs)
         raw.append((pair, imgs, labs))
     if not raw:
         raise InputError(f"{path}: no labelled images found")
@@ -162,8 +171,7 @@ def resolved_target(path: str | os.PathLike, cfg: DataConfig | None = None) -> T
     layout, pairs = discover(path, cfg.labels)
     values: set[int] = set()
     for pair in pairs if cfg.target.kind == "auto" else ():
-        values.update(int(v) for v in np.unique(read_image_axes(pair.label, max_pixels=cfg.max_pixels)[0])[:3])
-        if len(values) > 2:
+        if _collect_values(values, [read_image_axes(pair.label, max_pixels=cfg.max_pixels)[0]]):
             break
     return resolve_kind(cfg.target, layout, values)
 

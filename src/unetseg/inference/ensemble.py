@@ -68,7 +68,9 @@ class EnsemblePredictor(Predictor):
                 raise ModelFileError(f"ensemble member {i} differs from member 0 in {', '.join(diffs)}")
             if m.card.normalization != first.card.normalization:
                 raise ModelFileError(f"ensemble member {i} normalises its input differently from member 0")
-        self.__dict__.update({k: getattr(first, k) for k in ("device", "precision", "spatial_dims", "memory_format", "network")})
+        # The tile plan, views and memory estimates use the first member (all share its geometry).
+        self.device, self.precision, self.spatial_dims = first.device, first.precision, first.spatial_dims
+        self.memory_format, self.network = first.memory_format, first.network
         shifts = [m.card.output_shift or (0.0,) * first.spatial_dims for m in self.members]
         mean = tuple(float(v) for v in np.mean(shifts, axis=0))
         self.card = replace(first.card, output_shift=mean if any(mean) else None)

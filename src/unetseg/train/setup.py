@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..data import LabeledData, LabeledImage, TileDataset, card_for_target, load_labeled
 from ..errors import ConfigError, InputError, ModelFileError
 from ..models import ARCHITECTURES, build
@@ -108,7 +110,8 @@ def check_model_config(cfg: TrainConfig, config_path: str | os.PathLike | None =
     if cfg.model.arch == "UNet":
         args.setdefault("spatial_dims", cfg.data.spatial_dims)
     try:
-        probe = build(cfg.model.arch, args)
+        with torch.device("meta"):  # checks arguments and tile arithmetic without allocating weights
+            probe = build(cfg.model.arch, args)
     except ModelFileError as exc:
         raise ConfigError(f"model.args: {exc}") from exc
     if cfg.model.init:
