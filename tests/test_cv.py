@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
 from unetseg.cli import main
 from unetseg.cv import fold_config, fold_groups, pool_split
 from unetseg.errors import ConfigError
+from unetseg.io import read_image
 from unetseg.models import load_card
 from unetseg.train.config import load_train_config
 
@@ -58,6 +60,10 @@ def test_cv_command_trains_each_fold_without_its_held_out_images(tmp_path, capsy
         assert set(card.training.train) | set(fold["held_out"]) == {"00", "01", "02", "03"}
         assert 0.0 <= fold["v_rand"] <= 1.0 and fold["steps"] == 3
         assert yaml.safe_load((out / f"fold{fold['fold']}" / "config.yaml").read_text())["val_data"] is None
+        kept = sorted(p.stem for p in (out / f"fold{fold['fold']}" / "held_out").glob("*.tif"))
+        assert kept == fold["held_out"]
+        prob = read_image(out / f"fold{fold['fold']}" / "held_out" / f"{kept[0]}.tif")
+        assert prob.dtype == np.float32 and prob.shape == (48, 48) and 0.0 <= prob.min() <= prob.max() <= 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 4 and metrics["v_rand"]["value"] == pytest.approx(summary["pooled"]["v_rand"])
     assert (out / "report.html").is_file()

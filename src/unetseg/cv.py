@@ -8,6 +8,9 @@ held-out group (it never selects a model), into ``OUT/foldK``; the final weights
 the held-out images with 8-fold TTA and the card's output shift, and a challenge protocol scores
 them. Per-fold metrics and the metrics of all held-out predictions pooled are written to
 ``OUT/cv.json``; ``OUT/metrics.json``/``.csv`` and ``report.html`` hold the pooled evaluation.
+Each held-out prediction is kept as ``OUT/foldK/held_out/NAME.tif`` (float32 foreground
+probability, or instance labels), so post-processing can be compared on out-of-fold maps
+without training again (``benchmarks/isbi_postprocess.py``).
 With ``final=True`` the recipe then trains on all images into ``OUT/final``: the model to keep.
 """
 
@@ -163,6 +166,7 @@ def cross_validate(cfg: TrainConfig, out: str | os.PathLike, *, folds: int, conf
                                     progress=progress, time_limit_s=limit)
         items = [by_name[n] for n in held]
         preds = predict_held_out(run, items, protocol, split=split, min_size=min_size)
+        _save_held_out(run / "held_out", items, preds)
         gts = [reference_labels(it, protocol) for it in items]
         metrics = _evaluate(protocol, preds, gts)
         result.folds.append({"fold": k, "held_out": held, "steps": trained.step, "status": trained.status, **headline(metrics, protocol)})
@@ -176,6 +180,14 @@ def cross_validate(cfg: TrainConfig, out: str | os.PathLike, *, folds: int, conf
                           result.final, config_path=config_path, device=device, progress=progress, time_limit_s=limit)
     _write_summary(result, cfg, minutes)
     return result
+
+
+def _save_held_out(folder: Path, items: list[Any], preds: list[np.ndarray]) -> None:
+    from .io import write_image
+
+    folder.mkdir(exist_ok=True)
+    for it, pred in zip(items, preds):
+        write_image(folder / f"{it.name}.tif", pred, compression="zlib")
 
 
 def _write_pooled(out: Path, protocol: str, preds, gts, items, folds) -> dict[str, Any]:
