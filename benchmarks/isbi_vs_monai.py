@@ -18,6 +18,13 @@ MONAI baseline, as the issue defines it: ``BasicUNet(features=(32, 32, 64, 128, 
 Adam 1e-3, ``DiceCELoss``, random 256x256 crops in batches of 4 with flips and 90-degree
 rotations, bf16 autocast, ``sliding_window_inference`` (overlap 0.25, Gaussian).
 
+Cross-validation (``--cv 4 --ours-cv DIR``): ours is read from an ``unetseg cv --folds 4`` folder
+of the recipe (each section predicted by the fold model that never saw it); MONAI trains the same
+folds here for ``--minutes`` each; both are scored per fold and pooled over all 24 sections::
+
+    unetseg cv --config configs/isbi2012-cpu.yaml --folds 4 --minutes 7 --out /tmp/cv
+    flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_vs_monai.py --cv 4 --ours-cv /tmp/cv --minutes 7
+
 MONAI is needed for the baseline only (``pip install -e '.[bench]'``); ``--skip-monai`` runs ours.
 """
 
@@ -105,7 +112,7 @@ def run_ours(args, val_items) -> dict:
 # ------------------------------------------------------------------------------------ MONAI
 
 
-def run_monai(args, train_items, val_items) -> dict:
+def run_monai(args, train_items, val_items, tag: str | None = None) -> dict:
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
     from monai.networks.nets import BasicUNet
@@ -186,8 +193,47 @@ def run_monai(args, train_items, val_items) -> dict:
     pred_s = time.perf_counter() - t1
     res = score(probs, val_items)
     res.update(train_minutes=train_s / 60, steps=step, predict_s=pred_s)
-    np.save(Path(args.out) / "monai_probs.npy", np.stack(probs))
+    np.save(Path(args.out) / f"monai_probs{'_' + tag if tag else ''}.npy", np.stack(probs))
+    if tag:
+        res["probs"] = probs
     return res
+
+
+def run_cv(args) -> int:
+    """Both contenders by K-fold CV over 00-23: ours from an `unetseg cv` folder, MONAI trained here per fold."""
+    from unetseg.cv import fold_groups
+    from unetseg.io import read_image
+
+    if args.ours_cv is None:
+        raise SystemExit("--cv needs --ours-cv DIR (run `unetseg cv --folds K` of the recipe first)")
+    runtime.configure_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    names = [f"{i:02d}" for i in range(24)]
+    items = {it.name: it for it in load_split(Path(args.data), set(names))}
+    groups = fold_groups(names, args.cv)
+    print(f"ISBI 2012, {args.cv}-fold CV over 00-23; MONAI {args.minutes:g} min per fold, autocast {args.monai_precision}; "
+          f"{torch.get_num_threads()} threads; native bf16 CPU: {runtime.cpu_supports_bf16()}; ours from {args.ours_cv}", flush=True)
+    ours, monai, per_fold = [], [], []
+    for k, held in enumerate(groups):
+        folder = args.ours_cv / f"fold{k}" / "held_out"
+        if sorted(p.stem for p in folder.glob("*.tif")) != held:
+            raise SystemExit(f"{folder}: expected the held-out maps of {held} (same K and order as unetseg cv)")
+        ours += [read_image(folder / f"{n}.tif").astype(np.float32) for n in held]
+        res = run_monai(args, [items[n] for n in names if n not in held], [items[n] for n in held], tag=f"fold{k}")
+        monai += list(res.pop("probs"))
+        ours_fold = score(ours[-len(held):], [items[n] for n in held])
+        per_fold.append({"fold": k, "held_out": held, "monai": res, "unetseg": ours_fold})
+        print(json.dumps(per_fold[-1]), flush=True)
+    ordered = [items[n] for g in groups for n in g]
+    results = {"unetseg": score(ours, ordered), "monai": score(monai, ordered)}
+    print(f"{'metric (pooled out-of-fold, 8-fold TTA)':40s}{'unetseg':>12s}{'monai':>12s}")
+    for key in KEYS:
+        print(f"{key:40s}{results['unetseg'][key]:12.5f}{results['monai'][key]:12.5f}")
+    better = {k: (results["unetseg"][k] > results["monai"][k]) if k in ("v_rand", "v_info") else
+              (results["unetseg"][k] < results["monai"][k]) for k in KEYS}
+    print("unetseg ahead on:", ", ".join(k for k, v in better.items() if v) or "none")
+    (Path(args.out) / "cv_results.json").write_text(json.dumps({"pooled": results, "folds": per_fold}, indent=1))
+    return 0
 
 
 def main() -> int:
@@ -206,7 +252,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-monai", action="store_true")
     ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="K-fold cross-validation over 00-23 instead: MONAI trains K times (--minutes each) and is "
+                         "scored with --ours-cv's out-of-fold maps on the same sections")
+    ap.add_argument("--ours-cv", type=Path, default=None, help="an `unetseg cv --folds K` folder of the same recipe (held-out maps)")
     args = ap.parse_args()
+    if args.cv:
+        return run_cv(args)
     runtime.configure_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     train_names = {f"{i:02d}" for i in range(20)}

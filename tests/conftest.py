@@ -53,7 +53,7 @@ def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_em_dataset():
     """:func:`make_dataset`: tiny ISBI-like ``images/`` + ``labels/`` folders."""
     return make_dataset

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Overlap-tile segmentation of images of any size, out of core for TIFF/npy/zarr.",
     )
     p.add_argument("--model", required=True, action="append",
-                   help="run folder, model .safetensors file, or a `unetseg cv` folder (its fold models are ensembled); "
+                   help="run folder, model .safetensors file, bioimage.io .zip exported by unetseg, or a `unetseg cv` folder (its fold models are ensembled); "
                         "repeat to ensemble several models (mean probability)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, stacks, zarr arrays")
     p.add_argument("--out", required=True, help="output folder (created if missing); writes OUT/NAME.tif")
@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="forward pass: PyTorch, or ONNX Runtime (CPU, fp32; needs the export extra)")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy"], help="output file format")
@@ -93,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--channel {args.channel}: expected a channel index >= 0")
     paths = [p for m in args.model for p in model_paths(m)]
     if len(paths) == 1:
-        predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision)
+        predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision, backend=args.backend)
     else:
-        predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision)
+        predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision, backend=args.backend)
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
         for path, name in tqdm(list(zip(files, names)), unit="file", desc="files", position=0, disable=None):
@@ -108,5 +110,5 @@ def run(args: argparse.Namespace) -> int:
             log.debug("%s -> %s", path, out / name)
     finally:
         tile_bar.close()
-    print(f"wrote {len(files)} file(s) to {out}")
+    print(f"wrote {len(files)} file(s) to {out} (backend {predictor.backend}, precision {predictor.precision}, {predictor.device})")
     return 0

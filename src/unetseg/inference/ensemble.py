@@ -56,10 +56,12 @@ class EnsemblePredictor(Predictor):
     (2, 20, 21)
     """
 
-    def __init__(self, models: Sequence, *, device=None, precision: str = "auto", channels_last: bool | str = "auto"):
+    def __init__(self, models: Sequence, *, device=None, precision: str = "auto", channels_last: bool | str = "auto",
+                 backend: str = "torch"):
         if not models:
             raise ModelFileError("an ensemble needs at least one model")
-        self.members = [m if isinstance(m, Predictor) else Predictor(m, device=device, precision=precision, channels_last=channels_last)
+        self.members = [m if isinstance(m, Predictor) else Predictor(m, device=device, precision=precision, channels_last=channels_last,
+                                                                      backend=backend)
                         for m in models]
         first = self.members[0]
         for i, m in enumerate(self.members[1:], start=1):
@@ -69,7 +71,7 @@ class EnsemblePredictor(Predictor):
             if m.card.normalization != first.card.normalization:
                 raise ModelFileError(f"ensemble member {i} normalises its input differently from member 0")
         # The tile plan, views and memory estimates use the first member (all share its geometry).
-        self.device, self.precision, self.spatial_dims = first.device, first.precision, first.spatial_dims
+        self.device, self.precision, self.spatial_dims, self.backend = first.device, first.precision, first.spatial_dims, first.backend
         self.memory_format, self.network = first.memory_format, first.network
         shifts = [m.card.output_shift or (0.0,) * first.spatial_dims for m in self.members]
         mean = tuple(float(v) for v in np.mean(shifts, axis=0))

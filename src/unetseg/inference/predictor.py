@@ -26,6 +26,7 @@ from .. import tiling
 from ..errors import InputError
 from ..models.card import ModelCard
 from ..runtime import configure_allocator, memory_format, resolve_device, resolve_precision
+from .backends import backend_network
 from .engine import as_channels_first, auto_tile_shape, prepared_copy, resolve_channels_last, run_plan, tta_forward
 from .shift import check_output_shift
 
@@ -38,7 +39,8 @@ class Predictor:
     Parameters
     ----------
     model_or_path : nn.Module, Predictor or path
-        A module (copied; its card is ``card`` or a default one), a run folder or a model file.
+        A module (copied; its card is ``card`` or a default one), a run folder, a model file or
+        a ``.zip`` bioimage.io package exported by unetseg (:mod:`unetseg.export.package`).
     device : str or torch.device, optional
         ``"cpu"``, ``"cuda[:N]"`` or ``None``/``"auto"``.
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -47,6 +49,9 @@ class Predictor:
         Memory format of the network's copy (``auto``: channels-last on CUDA and in 2D).
     card : ModelCard, optional
         The card of a module (a model file brings its own).
+    backend : {"torch", "onnxruntime"}
+        Where the forward pass runs (:mod:`unetseg.inference.backends`); ``onnxruntime`` is
+        CPU and fp32 only (``precision`` is then ignored) and needs the ``export`` extra.
 
     Examples
     --------
@@ -60,29 +65,36 @@ class Predictor:
     """
 
     def __init__(self, model_or_path: nn.Module | str | os.PathLike, *, device: str | torch.device | None = None,
-                 precision: str = "auto", channels_last: bool | str = "auto", card: ModelCard | None = None):
+                 precision: str = "auto", channels_last: bool | str = "auto", card: ModelCard | None = None,
+                 backend: str = "torch"):
         if isinstance(model_or_path, Predictor):
             model_or_path, card = model_or_path.network, card or model_or_path.card
         if isinstance(model_or_path, nn.Module):
             module, card = model_or_path, card or ModelCard()
         else:
+            from ..export.package import is_package, load_package
             from ..models import load_with_config
 
-            module, meta = load_with_config(model_or_path)
+            module, meta = (load_package if is_package(model_or_path) else load_with_config)(model_or_path)
             card = card or meta["card"]
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.backend = backend
         self.spatial_dims = int(getattr(module, "spatial_dims", 2))
-        use_cl = resolve_channels_last(channels_last, self.device, self.spatial_dims)
+        if backend == "torch":
+            self.precision = resolve_precision(precision, self.device)
+            use_cl = resolve_channels_last(channels_last, self.device, self.spatial_dims)
+        else:  # ONNX Runtime computes in fp32 on contiguous arrays
+            self.precision, use_cl = "fp32", False
         self.memory_format = memory_format(self.device, self.spatial_dims) if use_cl else torch.contiguous_format
-        self.network = prepared_copy(module, self.device, self.memory_format)
+        self.network = prepared_copy(backend_network(module, backend, self.device), self.device, self.memory_format)
         self.card = card
         if self.device.type == "cpu":
             configure_allocator()
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
-        """A Predictor from a run folder or a model file (keyword arguments as for the constructor)."""
+        """A Predictor from a run folder, a model file or a bioimage.io package that unetseg exported
+        (keyword arguments as for the constructor)."""
         return cls(Path(path), **kwargs)
 
     @property

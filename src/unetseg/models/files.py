@@ -70,6 +70,14 @@ def _weights_path(path: str | os.PathLike) -> Path:
     return p
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The safetensors file of a run folder or model file name (``ModelFileError`` when missing)."""
+    weights = _weights_path(path)
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: model file not found")
+    return weights
+
+
 def save(model: nn.Module, path: str | os.PathLike, *, card: ModelCard | None = None) -> Path:
     """Write ``model`` as safetensors plus a JSON config holding its ``card``; return the weights path.
 

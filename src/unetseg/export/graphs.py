@@ -1,0 +1,120 @@
+"""The network as a graph other runtimes load: TorchScript and ONNX.
+
+Both are traced from the eval-mode network with an example input of a valid tile size, with the
+spatial sizes (and the batch) left free, so a consumer can run any valid tile. Each export is
+checked against eager PyTorch on a second, larger tile before it is kept; a graph that
+disagrees beyond ``atol`` is an :class:`~unetseg.errors.ModelFileError`, never a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 20  # the newest opset the pinned torch exporter emits by default; onnxruntime 1.32 runs it
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+TOLERANCE = 1e-4
+
+
+def valid_tile(network: nn.Module, at_least: int) -> int:
+    """The smallest input side >= ``at_least`` that ``network`` accepts (valid U-Nets: 16k + const).
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> valid_tile(UNet(1, 2, depth=2, base_channels=2), 50)
+    52
+    """
+    from .. import sizes
+
+    padding, depth = getattr(network, "padding", sizes.SAME), int(getattr(network, "depth", 4))
+    if padding == sizes.VALID:
+        return sizes.next_valid_size(at_least, depth, padding)
+    step = int(getattr(network, "size_divisor", 2**depth))
+    return -(-at_least // step) * step
+
+
+def example_input(network: nn.Module, side: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A reproducible random input ``(batch, channels, side, ...)`` for tracing and checks."""
+    dims, channels = int(getattr(network, "spatial_dims", 2)), int(getattr(network, "in_channels", 1))
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal((batch, channels) + (side,) * dims).astype(np.float32))
+
+
+def eager(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return network(x).float().numpy()
+
+
+def to_torchscript(network: nn.Module, path: str | os.PathLike, *, side: int) -> Path:
+    """Trace ``network`` (eval mode, CPU, fp32) to TorchScript at ``path``; checked on another tile size."""
+    network = network.eval().cpu().float()
+    example = example_input(network, side)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)  # bioimage.io still reads TorchScript
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # a size baked into the graph is an error
+        try:
+            traced = torch.jit.trace(network, example, check_trace=False)
+        except torch.jit.TracerWarning as exc:
+            raise ModelFileError(f"{type(network).__name__} cannot be traced with free tile sizes: {exc}") from exc
+    check_graph(lambda x: eager(traced, x), network, side, "torchscript")
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
+        torch.jit.save(traced, str(tmp))
+    return path
+
+
+def to_onnx(network: nn.Module, path: str | os.PathLike, *, side: int, opset: int = ONNX_OPSET) -> Path:
+    """Export ``network`` to ONNX (dynamo exporter, free batch and spatial sizes); checked with onnxruntime."""
+    network = network.eval().cpu().float()
+    example = example_input(network, side, batch=2)
+    dims = int(getattr(network, "spatial_dims", 2))
+    free = {0: torch.export.Dim("batch", min=1, max=1024)}
+    free.update({2 + d: torch.export.Dim(f"s{d}", min=1, max=1 << 16) for d in range(dims)})
+    path = Path(path)
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes={"x": free}, verbose=False)
+        program.save(str(tmp), external_data=False)
+        check_graph(onnx_runner(tmp), network, side, "onnx")
+    return path
+
+
+def onnx_runner(path: str | os.PathLike):
+    """A function ``x -> outputs`` running the ONNX graph at ``path`` with onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.ascontiguousarray(x.numpy() if torch.is_tensor(x) else x)})[0]
+
+
+def check_graph(run, network: nn.Module, side: int, what: str, *, atol: float = TOLERANCE) -> float:
+    """Largest difference between ``run`` and eager PyTorch on a larger tile than the example."""
+    bigger = valid_tile(network, side + 2 * int(getattr(network, "size_divisor", 16)) + 1)
+    x = example_input(network, bigger, seed=1)
+    want, got = eager(network, x), run(x)
+    if got.shape != want.shape:
+        raise ModelFileError(f"{what} export gives output {got.shape} for input {tuple(x.shape)}, PyTorch {want.shape}")
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:
+        raise ModelFileError(f"{what} export differs from PyTorch by {diff:.2e} (> {atol:g}) on a {bigger}-pixel tile")
+    log.info("%s export matches PyTorch to %.1e on a %d-pixel tile", what, diff, bigger)
+    return diff

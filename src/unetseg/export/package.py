@@ -1,0 +1,139 @@
+"""Reading bioimage.io packages back: ``unetseg predict --model NAME.zip``.
+
+A package that unetseg exported carries the unetseg model file (safetensors) as an attachment
+named in ``config.unetseg``; that file is what is loaded, after every check below, so nothing in
+a package is ever unpickled (the ``pytorch_state_dict`` weights of bioimage.io are pickles:
+they are never loaded, ours or anyone's). Refused, with one line naming the file: a member path
+that escapes the package (absolute or ``..``), a file the description names that is missing,
+a sha256 that does not match, a description that is not a 0.5 model, and a model file whose
+architecture or classes differ from the description.
+
+Packages made by other tools (no ``config.unetseg``) are not run yet; the error says which of
+their weight formats were found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from ..errors import ModelFileError
+
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml")
+
+
+def is_package(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a bioimage.io package (a ``.zip`` file)."""
+    p = Path(path)
+    return p.suffix.lower() == ".zip" and p.is_file()
+
+
+def _safe_members(archive: zipfile.ZipFile, where: Path) -> set[str]:
+    names = set()
+    for info in archive.infolist():
+        parts = PurePosixPath(info.filename).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise ModelFileError(f"{where}: member {info.filename!r} would be written outside the package; refused")
+        names.add(info.filename)
+    return names
+
+
+def read_description(path: str | os.PathLike) -> dict[str, Any]:
+    """The YAML description of a package, checked to be a bioimage.io 0.5 model."""
+    where = Path(path)
+    try:
+        with zipfile.ZipFile(where) as archive:
+            names = _safe_members(archive, where)
+            name = next((n for n in DESCRIPTION_NAMES if n in names), None)
+            if name is None:
+                raise ModelFileError(f"{where}: no {' or '.join(DESCRIPTION_NAMES)} in the package")
+            rdf = yaml.safe_load(archive.read(name).decode("utf-8"))
+    except zipfile.BadZipFile as exc:
+        raise ModelFileError(f"{where}: not a zip file ({exc})") from exc
+    if not isinstance(rdf, dict) or rdf.get("type") != "model" or not str(rdf.get("format_version", "")).startswith("0.5"):
+        raise ModelFileError(f"{where}: expected a bioimage.io model description of format 0.5.x, "
+                             f"got type {rdf.get('type') if isinstance(rdf, dict) else None!r}, format_version "
+                             f"{rdf.get('format_version') if isinstance(rdf, dict) else None!r}")
+    return rdf
+
+
+def listed_files(rdf: dict[str, Any]) -> dict[str, str | None]:
+    """Every file the description names, with its sha256 where it gives one.
+
+    Examples
+    --------
+    >>> listed_files({"weights": {"onnx": {"source": "w.onnx", "sha256": "ab"}}, "covers": ["c.png"]})
+    {'c.png': None, 'w.onnx': 'ab'}
+    """
+    as_entry = lambda e: {"source": e} if isinstance(e, str) else e  # noqa: E731  (0.5 writes {source, sha256})
+    entries = [as_entry(c) for c in rdf.get("covers", [])] + [as_entry(rdf.get("documentation") or {})]
+    entries += [w for w in (rdf.get("weights") or {}).values() if isinstance(w, dict)]
+    entries += [a for a in rdf.get("attachments", []) if isinstance(a, dict)]
+    for tensor in list(rdf.get("inputs", [])) + list(rdf.get("outputs", [])):
+        entries += [tensor.get("test_tensor") or {}, tensor.get("sample_tensor") or {}]
+    for w in (rdf.get("weights") or {}).values():
+        if isinstance(w, dict) and isinstance(w.get("dependencies"), dict):
+            entries.append(w["dependencies"])
+    files: dict[str, str | None] = {}
+    for e in entries:
+        src = e.get("source") if isinstance(e, dict) else None
+        if isinstance(src, str) and "://" not in src:
+            files[src] = e.get("sha256") or files.get(src)
+    return dict(sorted(files.items()))
+
+
+def _check_files(archive: zipfile.ZipFile, rdf: dict[str, Any], where: Path) -> None:
+    names = set(archive.namelist())
+    for name, sha in listed_files(rdf).items():
+        if name not in names:
+            raise ModelFileError(f"{where}: {name} is named by the description but missing from the package")
+        if sha is not None:
+            digest = hashlib.sha256()
+            with archive.open(name) as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != str(sha).lower():
+                raise ModelFileError(f"{where}: {name} has sha256 {digest.hexdigest()[:12]}..., the description says {str(sha)[:12]}...")
+
+
+def load_package(path: str | os.PathLike, *, device: str = "cpu"):
+    """The network and model config (as :func:`unetseg.models.load_with_config`) of a unetseg package."""
+    from ..models import load_with_config
+
+    where = Path(path)
+    rdf = read_description(where)
+    ours = (rdf.get("config") or {}).get("unetseg")
+    if not isinstance(ours, dict) or "model_file" not in ours:
+        formats = ", ".join(sorted(rdf.get("weights") or {})) or "none"
+        raise ModelFileError(f"{where}: not exported by unetseg (no config.unetseg); running other packages is not supported "
+                             f"yet (weights: {formats}; pytorch_state_dict would need unpickling and is never loaded)")
+    with zipfile.ZipFile(where) as archive:
+        _check_files(archive, rdf, where)
+        member = str(ours["model_file"])
+        if not member.endswith(".safetensors") or listed_files(rdf).get(member) is None:
+            raise ModelFileError(f"{where}: config.unetseg.model_file {member!r} must be a listed .safetensors attachment with a sha256")
+        with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
+            target = Path(tmp) / "model.safetensors"
+            target.write_bytes(archive.read(member))
+            network, meta = load_with_config(target, device=device)
+    _check_matches(rdf, meta, where)
+    return network, meta
+
+
+def _check_matches(rdf: dict[str, Any], meta: dict[str, Any], where: Path) -> None:
+    """The attached model file is the network the description describes."""
+    state = (rdf.get("weights") or {}).get("pytorch_state_dict") or {}
+    kwargs = (state.get("architecture") or {}).get("kwargs")
+    if kwargs is not None and dict(kwargs) != dict(meta["args"]):
+        differ = sorted(k for k in set(kwargs) | set(meta["args"]) if kwargs.get(k) != meta["args"].get(k))
+        raise ModelFileError(f"{where}: the attached model file does not match the description (arguments {', '.join(differ)} differ)")
+    channels = [a for a in rdf["outputs"][0].get("axes", []) if isinstance(a, dict) and a.get("type") == "channel"]
+    if channels and len(channels[0].get("channel_names", [])) != len(meta["card"].classes):
+        raise ModelFileError(f"{where}: the description has {len(channels[0]['channel_names'])} output channels, "
+                             f"the model file {len(meta['card'].classes)} classes")
