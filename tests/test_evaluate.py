@@ -155,6 +155,16 @@ def test_ctc_seg():
     # frame 0: both cells match the one object with J = 2/5; frame 1: J = 1 -> pooled mean
     assert m["seg"]["value"] == pytest.approx((0.4 + 0.4 + 1.0) / 3)
     assert m["n_objects"] == 3 and m["per_image"][1]["seg"] == 1.0
+    assert m["unmatched_fraction"]["value"] == 0.0
+
+
+def test_ctc_counts_predicted_objects_that_touch_no_reference_cell():
+    gt = np.array([[[1, 1, 0, 0, 0, 0]], [[2, 0, 0, 0, 0, 0]]])
+    pred = np.array([[[7, 7, 0, 8, 0, 9]], [[3, 0, 0, 0, 0, 0]]])  # 8 and 9 lie in empty background
+    m = evaluate_ctc(pred, gt)
+    assert m["unmatched_fraction"]["value"] == pytest.approx(2 / 4)
+    assert m["per_image"][0]["unmatched_objects"] == 2 and m["per_image"][1]["predicted_objects"] == 1
+    assert m["seg"]["value"] == 1.0  # SEG alone does not see them
 
 
 @pytest.mark.data

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_HEADLINES = {
     "isbi2012": ("v_rand", "pixel_error", "warping_error", "warping_error_splits_mergers", "v_info"),
-    "ctc": ("seg",),
+    "ctc": ("seg", "unmatched_fraction"),
     "binary": ("dice", "iou"),
     "instances": ("f1", "mean_ap"),
 }

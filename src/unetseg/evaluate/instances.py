@@ -19,6 +19,7 @@ from ..metrics import (
     match_instances,
     pixel_counts,
     seg_jaccards,
+    unmatched_objects,
 )
 from .common import entry
 from .stacks import _as_stack, _check_pair, _name, as_probability, require_labels
@@ -70,11 +71,15 @@ def evaluate_ctc(pred_labels, gt_labels) -> dict:
     pred = require_labels(_as_stack(pred_labels, "prediction"), _name(pred_labels, "prediction"))
     gt = require_labels(_as_stack(gt_labels, "ground truth"), _name(gt_labels, "ground truth"))
     _check_pair(pred, gt)
-    all_j, per = [], []
+    all_j, per, false, predicted = [], [], 0, 0
     for k in range(pred.shape[0]):
-        j = seg_jaccards(as_instances(gt[k]), as_instances(pred[k]))
+        ref, seg_k = as_instances(gt[k]), as_instances(pred[k])
+        j = seg_jaccards(ref, seg_k)
+        f, n = unmatched_objects(ref, seg_k)
         all_j.append(j)
-        per.append({"index": k, "seg": float(j.mean()) if j.size else None, "n_objects": int(j.size)})
+        false, predicted = false + f, predicted + n
+        per.append({"index": k, "seg": float(j.mean()) if j.size else None, "n_objects": int(j.size), "unmatched_objects": f,
+                    "predicted_objects": n})
     pooled = np.concatenate(all_j) if all_j else np.zeros(0)
     seg = float(pooled.mean()) if pooled.size else float("nan")
     return {
@@ -82,8 +87,10 @@ def evaluate_ctc(pred_labels, gt_labels) -> dict:
         "n_images": int(pred.shape[0]),
         "seg": entry(seg, None),
         "n_objects": int(pooled.size),
+        "unmatched_fraction": entry(false / predicted if predicted else 0.0, None),
         "per_image": per,
-        "notes": {"seg": "mean Jaccard over reference objects pooled across frames; match iff |R∩S| > 0.5|R|"},
+        "notes": {"seg": "mean Jaccard over reference objects pooled across frames; match iff |R∩S| > 0.5|R|",
+                  "unmatched_fraction": "predicted objects overlapping no reference object / all predicted objects, pooled"},
     }
 
 

@@ -12,7 +12,7 @@ See ``docs/metrics.md`` in the shared docs for the exact definitions. Modules:
 """
 
 from ._common import binarize, isbi_thresholds, label4
-from .ctc import seg_jaccards, seg_score
+from .ctc import seg_jaccards, seg_score, unmatched_objects
 from .info import InfoScores, v_info
 from .matching import DSB_THRESHOLDS, average_precision, iou_matrix, match_instances, mean_ap
 from .overlap import dice, dice_from_counts, iou, iou_from_counts
@@ -70,6 +70,7 @@ __all__ = [
     "rand_pairs",
     "rand_scores",
     "seg_jaccards",
+    "unmatched_objects",
     "seg_score",
     "simple_point_table",
     "thin_boundaries",

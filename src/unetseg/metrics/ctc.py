@@ -61,3 +61,23 @@ def seg_score(gt_labels: np.ndarray, pred_labels: np.ndarray) -> float:
     """
     j = seg_jaccards(gt_labels, pred_labels)
     return float(j.mean()) if j.size else float("nan")
+
+
+def unmatched_objects(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[int, int]:
+    """``(predicted objects that overlap no reference object, all predicted objects)``.
+
+    SEG ignores false positives; this counts the ones that touch no annotated cell at all
+    (false objects in empty background).
+
+    Examples
+    --------
+    >>> gt = np.array([[1, 1, 0, 0, 0]])
+    >>> unmatched_objects(gt, np.array([[2, 0, 0, 3, 3]]))
+    (1, 2)
+    """
+    check_same_shape(gt_labels, pred_labels)
+    gt = check_labels(gt_labels, "reference").ravel()
+    pred = check_labels(pred_labels, "prediction").ravel()
+    ids = np.unique(pred[pred != 0])
+    touching = np.unique(pred[(pred != 0) & (gt != 0)])
+    return int(len(ids) - len(touching)), int(len(ids))
