@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -25,17 +24,8 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 
 from unetseg.export import export_model  # noqa: E402
+from unetseg.runtime import cpu_flags  # noqa: E402
 from unetseg.models import ModelCard, UNet, parameter_count, save  # noqa: E402
-
-
-def cpu_flags() -> dict:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu": platform.processor()}
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    return {"cpu": model, **{f: f in flags for f in ("avx512_bf16", "avx512_vnni", "avx512f", "avx2")}}
 
 
 def main() -> None:

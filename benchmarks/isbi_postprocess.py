@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,18 +32,9 @@ from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.membranes import Closure, close_membranes  # noqa: E402
+from unetseg.runtime import cpu_flags  # noqa: E402
 
 KEYS = ("v_rand", "pixel_error", "warping_error", "warping_error_splits_mergers", "v_info")
-
-
-def cpu_flags() -> dict:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"cpu": platform.processor()}
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    return {"cpu": model, **{f: f in flags for f in ("avx512_bf16", "avx512_vnni", "avx512f", "avx2")}}
 
 
 def load_folds(cv: Path, data: Path) -> list[tuple[list[str], np.ndarray, np.ndarray]]:

@@ -45,6 +45,32 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and the flags that decide speed here (bf16, VNNI, AVX-512, AVX2).
+
+    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when ``None``; empty where there is none).
+
+    Examples
+    --------
+    >>> info = cpu_flags("flags : fpu avx2 avx512f")
+    >>> info["avx512f"], info["avx512_bf16"], info["cpu"]
+    (True, False, 'unknown')
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            cpuinfo = ""
+    lines = cpuinfo.splitlines()
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
+    return {"cpu": model, **{f: f in flags for f in CPU_FLAGS}}
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Resolve ``"auto"`` to ``"bf16"`` where it is fast and to ``"fp32"`` elsewhere.
 
