@@ -226,6 +226,9 @@ def test_onnxruntime_backend_tiles_exactly_like_pytorch(package, tmp_path, capsy
     torch_p = Predictor.from_path(run, device="cpu", precision="fp32")
     onnx_p = Predictor.from_path(run, device="cpu", backend="onnxruntime")
     assert onnx_p.precision == "fp32" and onnx_p.backend == "onnxruntime"
+    net = UNet(1, 2, depth=2, base_channels=4)  # in training mode: exporting it for the backend must leave it so
+    Predictor(net, device="cpu", backend="onnxruntime")
+    assert net.training and all(m.training for m in net.modules())
     for tta in (False, True):
         np.testing.assert_allclose(onnx_p.predict(image, tile_shape=12, tta=tta), torch_p.predict(image, tile_shape=12, tta=tta),
                                    atol=1e-4)

@@ -17,6 +17,8 @@ from ..errors import ConfigError
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
+REQUIRES = {"bioimageio": ("onnx", "onnxruntime", "onnxscript", "bioimageio.spec", "bioimageio.core"),
+            "onnx": ("onnx", "onnxruntime", "onnxscript"), "torchscript": ()}
 
 
 def export_model(source: str | os.PathLike, out: str | os.PathLike, *, format: str = "bioimageio",
@@ -28,7 +30,7 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, *, format: s
     """
     if format not in FORMATS:
         raise ConfigError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    _require("onnx", "onnxruntime", "onnxscript", *(("bioimageio.spec", "bioimageio.core") if format == "bioimageio" else ()))
+    _require(*REQUIRES[format])
     out = Path(out)
     if out.suffix.lower() != SUFFIXES[format]:
         raise ConfigError(f"--out {out}: a {format} export is written to a {SUFFIXES[format]} file")
@@ -39,11 +41,10 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, *, format: s
     from ..models import load
     from . import graphs
 
-    network = load(source).eval()
-    side = graphs.valid_tile(network, 2 * int(getattr(network, "halo", 0)) + 4 * int(getattr(network, "size_divisor", 16)))
+    network = load(source)
     if format == "onnx":
-        return graphs.to_onnx(network, out, side=side)
-    return graphs.to_torchscript(network, out, side=side)
+        return graphs.to_onnx(network, out, side=graphs.trace_side(network))
+    return graphs.to_torchscript(network, out, side=graphs.trace_side(network))
 
 
 def _require(*modules: str) -> None:

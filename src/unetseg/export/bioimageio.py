@@ -139,13 +139,13 @@ def write_weights(network: torch.nn.Module, model_file: Path, root: Path, side: 
 def test_input(network: torch.nn.Module, side: int, sample: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
     """``(1, channels, *tile)`` float32: the centre of ``sample`` (channels first) or a synthetic EM section."""
     dims, channels = int(getattr(network, "spatial_dims", 2)), int(getattr(network, "in_channels", 1))
+    if sample is None and dims != 2:
+        raise ModelFileError("a 3D model needs a sample image for its test input")
     if sample is None:
         from ..synthetic import em_membranes
 
-        image = em_membranes((side,) * 2, rng=rng)[0].astype(np.float32)
-        sample = np.broadcast_to(image, (channels,) + image.shape) if dims == 2 else None
-        if sample is None:
-            raise ModelFileError("a 3D model needs --sample IMAGE for its test input")
+        image = em_membranes((side, side), rng=rng)[0].astype(np.float32)
+        sample = np.broadcast_to(image, (channels, side, side))
     sample = np.asarray(sample, dtype=np.float32)
     if sample.ndim != dims + 1 or sample.shape[0] != channels or min(sample.shape[1:]) < side:
         raise ModelFileError(f"sample image of shape {sample.shape}: expected (channels={channels}, *spatial) with every "
@@ -229,7 +229,7 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, *, auth
     network, meta = load_with_config(source)
     network.eval()
     card: ModelCard = meta["card"]
-    side = graphs.valid_tile(network, 2 * int(getattr(network, "halo", 0)) + 4 * int(getattr(network, "size_divisor", 16)))
+    side = graphs.trace_side(network)
     raw = test_input(network, side, sample, np.random.default_rng(seed))
     ours = unetseg_probabilities(network, card, raw)
     name = name or f"unetseg {meta['arch']} {' '.join(card.classes)}"

@@ -9,6 +9,7 @@ disagrees beyond ``atol`` is an :class:`~unetseg.errors.ModelFileError`, never a
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -47,6 +48,24 @@ def valid_tile(network: nn.Module, at_least: int) -> int:
     return -(-at_least // step) * step
 
 
+def trace_side(network: nn.Module) -> int:
+    """The tile side graphs are traced at and test tensors cut to: the halo plus four pooling steps.
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> trace_side(UNet(1, 2, depth=2, base_channels=2))  # 2 * 20 + 4 * 4 = 56, a valid size
+    56
+    """
+    at_least = 2 * int(getattr(network, "halo", 0)) + 4 * int(getattr(network, "size_divisor", 16))
+    return valid_tile(network, at_least)
+
+
+def _frozen(network: nn.Module) -> nn.Module:
+    """An eval-mode fp32 CPU copy: exporting never changes the module it is given."""
+    return copy.deepcopy(network).eval().cpu().float()
+
+
 def example_input(network: nn.Module, side: int, *, batch: int = 1, seed: int = 0) -> torch.Tensor:
     """A reproducible random input ``(batch, channels, side, ...)`` for tracing and checks."""
     dims, channels = int(getattr(network, "spatial_dims", 2)), int(getattr(network, "in_channels", 1))
@@ -60,8 +79,8 @@ def eager(network: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def to_torchscript(network: nn.Module, path: str | os.PathLike, *, side: int) -> Path:
-    """Trace ``network`` (eval mode, CPU, fp32) to TorchScript at ``path``; checked on another tile size."""
-    network = network.eval().cpu().float()
+    """Trace ``network`` (a copy in eval mode, CPU, fp32) to TorchScript at ``path``; checked on another tile size."""
+    network = _frozen(network)
     example = example_input(network, side)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)  # bioimage.io still reads TorchScript
@@ -79,8 +98,9 @@ def to_torchscript(network: nn.Module, path: str | os.PathLike, *, side: int) ->
 
 
 def to_onnx(network: nn.Module, path: str | os.PathLike, *, side: int, opset: int = ONNX_OPSET) -> Path:
-    """Export ``network`` to ONNX (dynamo exporter, free batch and spatial sizes); checked with onnxruntime."""
-    network = network.eval().cpu().float()
+    """Export ``network`` (a copy in eval mode, CPU, fp32) to ONNX (dynamo exporter, free batch and spatial sizes);
+    checked with onnxruntime."""
+    network = _frozen(network)
     example = example_input(network, side, batch=2)
     dims = int(getattr(network, "spatial_dims", 2))
     free = {0: torch.export.Dim("batch", min=1, max=1024)}

@@ -37,13 +37,12 @@ class OnnxRuntimeNetwork(nn.Module):
         for name in _ATTRIBUTES:
             if hasattr(network, name):
                 object.__setattr__(self, name, getattr(network, name))
-        side = graphs.valid_tile(network, 2 * int(getattr(network, "halo", 0)) + 4 * int(getattr(network, "size_divisor", 16)))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
         with tempfile.TemporaryDirectory(prefix="unetseg-onnx-") as tmp:
-            path = graphs.to_onnx(network.float().cpu(), Path(tmp) / "network.onnx", side=side)
+            path = graphs.to_onnx(network, Path(tmp) / "network.onnx", side=graphs.trace_side(network))
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
