@@ -143,8 +143,10 @@ def _rewrite(src: Path, dst: Path, *, rdf=None, replace: dict[str, bytes] | None
     return dst
 
 
-def _drop(desc, key):
-    desc["config"]["unetseg"].pop(key)
+def _only_state_dict(desc):
+    """Another tool's package whose only weights are a pickled state dict."""
+    desc.pop("config")
+    desc["weights"] = {"pytorch_state_dict": desc["weights"]["pytorch_state_dict"]}
     return desc
 
 
@@ -162,7 +164,7 @@ def _other_width(desc):
     ("slip", "outside the package"),
     ("missing", "missing from the package"),
     ("sha", "sha256"),
-    ("foreign", "not exported by unetseg"),
+    ("foreign", "pytorch_state_dict is a pickle and is never loaded"),
     ("pickle", "must be a listed .safetensors"),
     ("mismatch", "base_channels"),
 ])
@@ -178,7 +180,7 @@ def test_bad_packages_are_refused_naming_the_file(package, tmp_path, case, match
     elif case == "sha":
         _rewrite(src, bad, replace={"unetseg-model.safetensors": b"not the model"})
     elif case == "foreign":
-        _rewrite(src, bad, rdf=lambda d: _drop(d, "model_file"))
+        _rewrite(src, bad, rdf=_only_state_dict)
     elif case == "pickle":
         _rewrite(src, bad, rdf=_point_model_file_at_pickle)
     else:
@@ -237,3 +239,20 @@ def test_onnxruntime_backend_tiles_exactly_like_pytorch(package, tmp_path, capsy
     assert "backend onnxruntime, precision fp32" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="backend"):
         Predictor.from_path(run, backend="tflite")
+
+
+def test_cover_is_made_from_the_training_overlay_when_the_run_has_one(tmp_path):
+    from PIL import Image
+
+    from unetseg.export.readme import cover_from_overlay, validation_overlay
+    from unetseg.train.plots import plot_overlay
+
+    assert validation_overlay(tmp_path) is None
+    rng = np.random.default_rng(0)
+    (tmp_path / "val").mkdir()
+    plot_overlay(rng.random((64, 64)), rng.random((64, 64)), rng.random((64, 64)) > 0.5, tmp_path / "val" / "07.png")
+    found = validation_overlay(tmp_path)
+    assert found == tmp_path / "val" / "07.png"
+    cover = cover_from_overlay(tmp_path / "cover.png", found)
+    w, h = Image.open(cover).size
+    assert (w, h) == (512, 256) and cover.stat().st_size < 500_000

@@ -14,6 +14,8 @@ Everything lands in one folder::
     OUT/loss.png         the training loss curve
     OUT/metrics.json     the held-out evaluation, as ``unetseg evaluate --protocol isbi2012``
     OUT/metrics.csv, OUT/report.html
+    OUT/model.zip        the trained model as a bioimage.io package (with the ``export`` extra),
+                         which ``bioimageio test OUT/model.zip`` checks
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ def run_demo(
     device: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    export: bool = True,
 ) -> DemoResult:
-    """Train, segment the held-out image(s) with overlap-tile and evaluate; see the module doc."""
+    """Train, segment the held-out image(s) with overlap-tile, evaluate and (``export``, when the
+    ``export`` extra is installed) package the model for bioimage.io; see the module doc."""
     from .evaluate import evaluate_to_folder
     from .inference import Predictor
     from .train.config import load_train_config
@@ -132,12 +136,7 @@ def run_demo(
     )
 
     log.info("segmenting %d held-out image(s) with overlap-tile%s", len(heldout_images), " and 8-fold TTA" if tta else "")
-    predictor = Predictor.from_path(run_dir, device=device, precision="fp32")
-    probs = []
-    for i, path in enumerate(heldout_images):
-        target = out / (f"prediction-{i:02d}.tif" if len(heldout_images) > 1 else "prediction.tif")
-        predictor.predict_file(path, target, output="prob", tta=tta, progress=progress)
-        probs.append(read_image(target))
+    probs = _segment(Predictor.from_path(run_dir, device=device, precision="fp32"), heldout_images, out, tta, progress)
     images = [read_image(p) for p in heldout_images]
     gts = [read_image(p) for p in heldout_labels]
     names = [p.stem for p in heldout_images]
@@ -157,7 +156,35 @@ def run_demo(
     if loss_png.is_file():
         shutil.copyfile(loss_png, out / "loss.png")
         files["loss"] = out / "loss.png"
+    package = export_package(run_dir, out / "model.zip", images[0]) if export else None
+    if package is not None:
+        files["package"] = package
     return DemoResult(out, metrics, files, result.status, result.step)
+
+
+def _segment(predictor, images: list[Path], out: Path, tta: bool, progress: bool) -> list[np.ndarray]:
+    """Class-1 probabilities of each held-out image, written to ``OUT/prediction[-NN].tif``."""
+    probs = []
+    for i, path in enumerate(images):
+        target = out / (f"prediction-{i:02d}.tif" if len(images) > 1 else "prediction.tif")
+        predictor.predict_file(path, target, output="prob", tta=tta, progress=progress)
+        probs.append(read_image(target))
+    return probs
+
+
+def export_package(run_dir: Path, out: Path, sample: np.ndarray) -> Path | None:
+    """The demo's model as a bioimage.io package (test input cut from ``sample``), or None
+    without the ``export`` extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("bioimageio") is None or importlib.util.find_spec("onnxruntime") is None:
+        log.info("skipping the bioimage.io package: pip install 'unetseg[export]' to get it")
+        return None
+    from .export import export_bioimageio
+
+    log.info("exporting the model as a bioimage.io package: %s", out)
+    return export_bioimageio(run_dir, out, name="unetseg demo U-Net (synthetic EM membranes)",
+                             sample=np.asarray(sample, dtype=np.float32)[None])
 
 
 def write_overlay(path: Path, image: np.ndarray, prob: np.ndarray, gt: np.ndarray, metrics: dict) -> Path:

@@ -41,4 +41,6 @@ def run(args: argparse.Namespace) -> int:
     for key in ("loss", "report", "metrics", "run"):
         if key in result.files:
             print(f"         {result.files[key]}")
+    if "package" in result.files:
+        print(f"bioimage.io package: {result.files['package']}; test it with: bioimageio test {result.files['package']}")
     return 0

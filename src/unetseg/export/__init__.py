@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import graphs
+from .bioimageio import export_bioimageio
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
 SUFFIXES = {"bioimageio": ".zip", "onnx": ".onnx", "torchscript": ".pt"}
@@ -35,16 +37,31 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, *, format: s
     if out.suffix.lower() != SUFFIXES[format]:
         raise ConfigError(f"--out {out}: a {format} export is written to a {SUFFIXES[format]} file")
     if format == "bioimageio":
-        from .bioimageio import export_bioimageio
-
         return export_bioimageio(source, out, authors=list(authors or ["unetseg user"]), license=license, name=name)
-    from ..models import load
-    from . import graphs
+    return (export_onnx if format == "onnx" else export_torchscript)(source, out)
 
-    network = load(source)
-    if format == "onnx":
-        return graphs.to_onnx(network, out, side=graphs.trace_side(network))
-    return graphs.to_torchscript(network, out, side=graphs.trace_side(network))
+
+def _network(model_or_path):
+    from torch import nn
+
+    from ..models import load
+
+    return model_or_path if isinstance(model_or_path, nn.Module) else load(model_or_path)
+
+
+def export_onnx(model_or_path, out: str | os.PathLike) -> Path:
+    """An ONNX graph (opset 20, free batch and tile sizes) of a network, a model file or a run
+    folder, checked against eager PyTorch on a larger tile before it is kept; the path written."""
+    _require(*REQUIRES["onnx"])
+    network = _network(model_or_path)
+    return graphs.to_onnx(network, Path(out), side=graphs.trace_side(network))
+
+
+def export_torchscript(model_or_path, out: str | os.PathLike) -> Path:
+    """A traced TorchScript module of a network, a model file or a run folder, checked against
+    eager PyTorch on a larger tile before it is kept; the path written."""
+    network = _network(model_or_path)
+    return graphs.to_torchscript(network, Path(out), side=graphs.trace_side(network))
 
 
 def _require(*modules: str) -> None:
@@ -56,4 +73,4 @@ def _require(*modules: str) -> None:
         raise ConfigError(f"export needs {', '.join(missing)}: pip install 'unetseg[export]'")
 
 
-__all__ = ["FORMATS", "export_model"]
+__all__ = ["FORMATS", "export_bioimageio", "export_model", "export_onnx", "export_torchscript"]

@@ -105,7 +105,8 @@ def tensor_axes(network: torch.nn.Module, card: ModelCard) -> tuple[list[dict], 
     channels = int(getattr(network, "in_channels", 1))
     padding, depth = getattr(network, "padding", sizes.SAME), int(getattr(network, "depth", 4))
     step = int(getattr(network, "size_divisor", 2**depth))
-    smallest = graphs.valid_tile(network, 1)
+    context = sizes.halo(depth, sizes.VALID)  # a same-padding model's halo: the margin unetseg's own tiling discards
+    smallest = graphs.valid_tile(network, 1 if padding == sizes.VALID else 2 * context + 1)
     names = ["raw"] if channels == 1 else [f"channel{c}" for c in range(channels)]
     inputs = [{"type": "batch"}, {"type": "channel", "channel_names": names}]
     inputs += [{"type": "space", "id": a, "size": {"min": smallest, "step": step}} for a in spatial_ids(dims)]
@@ -114,9 +115,9 @@ def tensor_axes(network: torch.nn.Module, card: ModelCard) -> tuple[list[dict], 
         if padding == sizes.VALID:
             size = {"tensor_id": INPUT_ID, "axis_id": a, "offset": -2 * int(network.halo)}
             outputs.append({"type": "space", "id": a, "size": size})
-        else:  # same padding: the consumer should crop the context its tiles need
+        else:  # same padding: the consumer crops the context its tiles lack, as unetseg's tiling does
             outputs.append({"type": "space", "id": a, "size": {"tensor_id": INPUT_ID, "axis_id": a, "offset": 0},
-                            "halo": sizes.halo(depth, sizes.VALID) // 2})
+                            "halo": context})
     return inputs, outputs
 
 
@@ -156,14 +157,23 @@ def test_input(network: torch.nn.Module, side: int, sample: np.ndarray | None, r
 
 
 def unetseg_probabilities(network: torch.nn.Module, card: ModelCard, raw: np.ndarray) -> np.ndarray:
-    """What unetseg computes for one whole input tile: normalisation, network, softmax/sigmoid."""
+    """What unetseg computes for one whole input tile: normalisation, network, softmax/sigmoid.
+
+    A same-padding model sees the tile mirrored by its declared halo and the halo cropped
+    again, which is what bioimage.io consumers do with an output ``halo``.
+    """
+    from .. import sizes, tiling
     from ..normalize import normalize
 
     x = normalize(raw[0], card.normalization, channel_axis=0)
+    dims = x.ndim - 1
+    pad = 0 if getattr(network, "padding", sizes.SAME) == sizes.VALID else sizes.halo(int(network.depth), sizes.VALID)
+    x = tiling.mirror_pad(x, [(0, 0)] + [(pad, pad)] * dims)
     with torch.no_grad():
         logits = network.eval()(torch.from_numpy(np.ascontiguousarray(x[None])))
     probs = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-    return probs.numpy().astype(np.float32)
+    inner = (slice(None), slice(None)) + (slice(pad, probs.shape[-1] - pad),) * dims
+    return probs[inner].numpy().astype(np.float32)
 
 
 def description(*, name: str, text: str, authors: list[str], license: str, card: ModelCard, meta: dict[str, Any],
@@ -215,13 +225,37 @@ def consumer_prediction(descr, raw: np.ndarray, weight_format: str | None = None
     return np.asarray(sample.members[OUTPUT_ID].data.values, dtype=np.float32)
 
 
-def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, *, authors: list[str], license: str = "CC-BY-4.0",
-                      name: str | None = None, sample: np.ndarray | None = None, seed: int = 0) -> Path:
-    """Write the bioimage.io package of a run folder or model file to ``out`` (a ``.zip``, atomically).
+def export_bioimageio(model_or_path: str | os.PathLike | torch.nn.Module, out: str | os.PathLike, *,
+                      authors: list[str] | None = None, license: str = "CC-BY-4.0", name: str | None = None,
+                      sample: np.ndarray | None = None, seed: int = 0) -> Path:
+    """Write the bioimage.io package of a run folder, model file or network to ``out`` (a ``.zip``, atomically).
 
-    The test output is bioimageio.core's own prediction of the test input; it must equal
-    unetseg's (:func:`unetseg_probabilities`) within 1e-4 or nothing is written.
+    A network is saved with its own ``card`` attribute or the default card first. ``authors``
+    defaults to the user's login name. The test output is bioimageio.core's own prediction of
+    the test input; it must equal unetseg's (:func:`unetseg_probabilities`) within 1e-4 or
+    nothing is written.
     """
+    from ..models import save
+
+    authors = list(authors) if authors else [_login_name()]
+    if isinstance(model_or_path, torch.nn.Module):
+        with tempfile.TemporaryDirectory(prefix="unetseg-export-model-") as tmp:
+            saved = save(model_or_path, Path(tmp) / "model.safetensors", card=getattr(model_or_path, "card", None))
+            return export_bioimageio(saved, out, authors=authors, license=license, name=name, sample=sample, seed=seed)
+    return _write_package(model_or_path, Path(out), authors=authors, license=license, name=name, sample=sample, seed=seed)
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a container
+        return "unetseg user"
+
+
+def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], license: str, name: str | None,
+                   sample: np.ndarray | None, seed: int) -> Path:
     from bioimageio.spec import save_bioimageio_package
 
     from ..models import load_with_config, model_file
@@ -240,7 +274,11 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, *, auth
                      cover=root / "cover.png", environment=root / "environment.yaml")
         np.save(files["test_input"], raw)
         np.save(files["test_output"], ours)
-        readme.write_cover(files["cover"], raw, ours, card)
+        overlay = readme.validation_overlay(source)
+        if overlay is not None:
+            readme.cover_from_overlay(files["cover"], overlay)
+        else:
+            readme.write_cover(files["cover"], raw, ours, card)
         files["readme"].write_text(readme.readme_text(name, card, meta, network), encoding="utf-8")
         files["environment"].write_text(readme.environment_yaml(meta.get("unetseg_version")), encoding="utf-8")
         text = readme.summary(card, network)
@@ -251,7 +289,6 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, *, auth
         np.save(files["test_output"], theirs)
         content["outputs"][0]["test_tensor"]["sha256"] = sha256_of(files["test_output"])
         descr = build(content, root)
-        out = Path(out)
         with atomic_path(out) as target:
             staged = target.with_suffix(".zip")  # the spec's writer insists on the suffix
             try:

@@ -49,7 +49,8 @@ def valid_tile(network: nn.Module, at_least: int) -> int:
 
 
 def trace_side(network: nn.Module) -> int:
-    """The tile side graphs are traced at and test tensors cut to: the halo plus four pooling steps.
+    """The tile side graphs are traced at and test tensors cut to: the halo (for a same-padding
+    model the one a valid model of its depth has, which its package declares) plus four pooling steps.
 
     Examples
     --------
@@ -57,7 +58,10 @@ def trace_side(network: nn.Module) -> int:
     >>> trace_side(UNet(1, 2, depth=2, base_channels=2))  # 2 * 20 + 4 * 4 = 56, a valid size
     56
     """
-    at_least = 2 * int(getattr(network, "halo", 0)) + 4 * int(getattr(network, "size_divisor", 16))
+    from .. import sizes
+
+    depth = int(getattr(network, "depth", 4))
+    at_least = 2 * sizes.halo(depth, sizes.VALID) + 4 * int(getattr(network, "size_divisor", 2**depth))
     return valid_tile(network, at_least)
 
 

@@ -8,8 +8,9 @@ that escapes the package (absolute or ``..``), a file the description names that
 a sha256 that does not match, a description that is not a 0.5 model, and a model file whose
 architecture or classes differ from the description.
 
-Packages made by other tools (no ``config.unetseg``) are not run yet; the error says which of
-their weight formats were found.
+Packages made by other tools (no ``config.unetseg``) pass the same file checks and are run from
+their ``onnx`` or ``torchscript`` weights with overlap-tile planned from their declared sizes
+and halos (:mod:`unetseg.export.foreign`).
 """
 
 from __future__ import annotations
@@ -102,19 +103,26 @@ def _check_files(archive: zipfile.ZipFile, rdf: dict[str, Any], where: Path) -> 
                 raise ModelFileError(f"{where}: {name} has sha256 {digest.hexdigest()[:12]}..., the description says {str(sha)[:12]}...")
 
 
-def load_package(path: str | os.PathLike, *, device: str = "cpu"):
-    """The network and model config (as :func:`unetseg.models.load_with_config`) of a unetseg package."""
+def load_package(path: str | os.PathLike, *, device: str = "cpu", backend: str = "torch"):
+    """The network and model config (as :func:`unetseg.models.load_with_config`) of a package.
+
+    A package unetseg exported gives back its unetseg model file; any other 0.5 package a
+    :class:`~unetseg.export.foreign.PackageNetwork` running its onnx (``backend="onnxruntime"``,
+    or when it has no torchscript) or torchscript weights.
+    """
     from ..models import load_with_config
+    from .foreign import check_axes, load_foreign
 
     where = Path(path)
     rdf = read_description(where)
+    check_axes(rdf, where)
     ours = (rdf.get("config") or {}).get("unetseg")
-    if not isinstance(ours, dict) or "model_file" not in ours:
-        formats = ", ".join(sorted(rdf.get("weights") or {})) or "none"
-        raise ModelFileError(f"{where}: not exported by unetseg (no config.unetseg); running other packages is not supported "
-                             f"yet (weights: {formats}; pytorch_state_dict would need unpickling and is never loaded)")
     with zipfile.ZipFile(where) as archive:
         _check_files(archive, rdf, where)
+        if not isinstance(ours, dict) or "model_file" not in ours:
+            import torch
+
+            return load_foreign(where, rdf, archive, backend=backend, threads=torch.get_num_threads())
         member = str(ours["model_file"])
         if not member.endswith(".safetensors") or listed_files(rdf).get(member) is None:
             raise ModelFileError(f"{where}: config.unetseg.model_file {member!r} must be a listed .safetensors attachment with a sha256")

@@ -81,8 +81,29 @@ def environment_yaml(version: str | None) -> str:
             f"    - {pin}\n    - torch=={torch.__version__.split('+')[0]}\n")
 
 
+def validation_overlay(source: str | Path) -> Path | None:
+    """The first validation overlay training drew in a run folder (``val/NAME.png``), if any."""
+    folder = Path(source) / "val"
+    found = sorted(folder.glob("*.png")) if Path(source).is_dir() and folder.is_dir() else []
+    return found[0] if found else None
+
+
+def cover_from_overlay(path: Path, overlay: Path, width: int = 2 * COVER_SIDE) -> Path:
+    """A 2:1 PNG cover (``width`` x ``width / 2``, white margins) from a training overlay figure."""
+    from PIL import Image
+
+    with Image.open(overlay) as figure:
+        figure = figure.convert("RGB")
+        figure.thumbnail((width, width // 2))
+        cover = Image.new("RGB", (width, width // 2), "white")
+        cover.paste(figure, ((width - figure.width) // 2, (width // 2 - figure.height) // 2))
+    cover.save(path, optimize=True)
+    return path
+
+
 def write_cover(path: Path, raw: np.ndarray, probs: np.ndarray, card: ModelCard) -> Path:
-    """A 2:1 PNG: the input's centre (the output's footprint) | the foreground probability."""
+    """A 2:1 PNG: the input's centre (the output's footprint) | the foreground probability
+    (the cover of a model file that has no training overlay beside it)."""
     from PIL import Image
 
     image = raw[0, 0] if raw.ndim == 4 else raw[0, 0, raw.shape[2] // 2]

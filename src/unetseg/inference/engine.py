@@ -134,6 +134,13 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+def network_probabilities(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``network(x)`` as float32 probabilities: :func:`probabilities` of its logits, or its output
+    itself for a network that ``returns_probabilities`` (a foreign package's own postprocessing)."""
+    out = network(x)
+    return out.float() if getattr(network, "returns_probabilities", False) else probabilities(out)
+
+
 def resolve_channels_last(channels_last: bool | str, device: torch.device, dims: int) -> bool:
     """Whether inference uses the channels-last memory format (``"auto"``: on CUDA and in 2D).
 
@@ -170,7 +177,7 @@ def tta_forward(network: nn.Module, batch: np.ndarray, *, device: torch.device, 
     with torch.inference_mode(), autocast(device, precision):
         for k, flip in transforms:
             xt = _apply(x, k, flip).contiguous(memory_format=fmt)
-            p = _invert(probabilities(network(xt)), k, flip)
+            p = _invert(network_probabilities(network, xt), k, flip)
             total = p if total is None else total + p
     total = total / len(transforms)
     return total.to("cpu", torch.float32).contiguous().numpy()
@@ -312,5 +319,5 @@ def whole_image_reference(model: nn.Module, image: np.ndarray) -> np.ndarray:
     fmt = memory_format(torch.device("cpu"), x.ndim - 1)
     net = prepared_copy(model, torch.device("cpu"), fmt)
     with torch.inference_mode():
-        p = probabilities(net(torch.from_numpy(big)[None].contiguous(memory_format=fmt)))[0].contiguous().numpy()
+        p = network_probabilities(net, torch.from_numpy(big)[None].contiguous(memory_format=fmt))[0].contiguous().numpy()
     return np.ascontiguousarray(p[(slice(None), *(slice(0, n) for n in spatial))])

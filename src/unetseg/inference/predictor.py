@@ -75,18 +75,23 @@ class Predictor:
             from ..export.package import is_package, load_package
             from ..models import load_with_config
 
-            module, meta = (load_package if is_package(model_or_path) else load_with_config)(model_or_path)
+            if is_package(model_or_path):
+                module, meta = load_package(model_or_path, backend=backend)
+            else:
+                module, meta = load_with_config(model_or_path)
             card = card or meta["card"]
         self.device = resolve_device(device)
-        self.backend = backend
+        bound = getattr(module, "standalone_backend", None)  # a foreign package's graph: runs as it is, in fp32
+        self.backend = bound or backend
         self.spatial_dims = int(getattr(module, "spatial_dims", 2))
-        if backend == "torch":
+        if bound is None and backend == "torch":
             self.precision = resolve_precision(precision, self.device)
             use_cl = resolve_channels_last(channels_last, self.device, self.spatial_dims)
         else:  # ONNX Runtime computes in fp32 on contiguous arrays
             self.precision, use_cl = "fp32", False
         self.memory_format = memory_format(self.device, self.spatial_dims) if use_cl else torch.contiguous_format
-        self.network = prepared_copy(backend_network(module, backend, self.device), self.device, self.memory_format)
+        self.network = prepared_copy(module if bound else backend_network(module, backend, self.device), self.device,
+                                     self.memory_format)
         self.card = card
         if self.device.type == "cpu":
             configure_allocator()
@@ -146,6 +151,7 @@ class Predictor:
         bs = int(batch_size or 1)
         net = self.network
         tiles = self.tile_shape_for(tile_shape, bs, memory_budget)
+        margin = margin if margin is not None else getattr(net, "tile_margin", None)
         plan = tiling.plan_tiles(shape, tiles, depth=int(net.depth), padding=net.padding, margin=margin)
         run_plan(functools.partial(self, tta=tta), source, target, plan, channels=self.in_channels, num_classes=self.num_classes,
                  preprocess=preprocess, transform=transform, progress=progress, batch_size=bs, source_offset=source_offset,
