@@ -223,6 +223,8 @@ def write_image(
     compression: str | None = "zlib",
     axes: str | None = None,
     chunks: tuple[int, ...] | None = None,
+    imagej: bool = False,
+    calibration: Any = None,
 ) -> None:
     """Write ``array`` atomically as TIFF, PNG, ``.npy`` or zarr (chosen by the suffix).
 
@@ -242,6 +244,9 @@ def write_image(
         channels. Default: ``YX``, ``ZYX`` or ``ZYXC`` by dimension.
     chunks : tuple of int or None
         zarr chunk shape (default: whole 2D planes, at most 1024 px per axis).
+    imagej, calibration : bool, Calibration or None
+        TIFF only: write an ImageJ hyperstack where ImageJ can hold it, with the pixel size of
+        ``calibration`` (:mod:`unetseg.imagej`; what prediction outputs do).
 
     Examples
     --------
@@ -260,13 +265,10 @@ def write_image(
         write_zarr(path, array, chunks=chunks, axes=axes)
         return
     if suffix in (".tif", ".tiff"):
-        if compression not in TIFF_COMPRESSIONS:
-            raise InputError(f"{path}: TIFF compression {compression!r}: expected one of {', '.join(map(str, TIFF_COMPRESSIONS))}")
-        if compression == "none":
-            compression = None
+        compression = _tiff_compression(path, compression)
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
-            _write_tiff(tmp, array, compression, axes or _default_axes(path, array.ndim))
+            _write_tiff(tmp, array, compression, axes or _default_axes(path, array.ndim), imagej, calibration)
         elif suffix == ".png":
             _write_png(tmp, array, path)
         elif suffix == ".npy":
@@ -274,6 +276,12 @@ def write_image(
                 np.save(fh, array, allow_pickle=False)
         else:
             raise InputError(f"{path}: cannot write {suffix!r}; use .tif, .png, .npy or .zarr")
+
+
+def _tiff_compression(path: Path, compression: str | None) -> str | None:
+    if compression not in TIFF_COMPRESSIONS:
+        raise InputError(f"{path}: TIFF compression {compression!r}: expected one of {', '.join(map(str, TIFF_COMPRESSIONS))}")
+    return None if compression == "none" else compression
 
 
 def _write_png(tmp: Path, array: np.ndarray, path: Path) -> None:
@@ -286,9 +294,15 @@ def _write_png(tmp: Path, array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(tmp, format="PNG")
 
 
-def _write_tiff(tmp: Path, array: np.ndarray, compression: str | None, axes: str) -> None:
+def _write_tiff(tmp: Path, array: np.ndarray, compression: str | None, axes: str, imagej: bool = False,
+                calibration: Any = None) -> None:
     import tifffile
 
+    if imagej:
+        from .imagej import tiff_kwargs
+
+        tifffile.imwrite(tmp, array, compression=compression, **tiff_kwargs(axes, array.dtype, array.nbytes, calibration))
+        return
     rgb = axes.endswith("C") and array.shape[-1] in (3, 4) and array.dtype == np.uint8
     tif_axes = axes[:-1] + "S" if rgb else axes
     kwargs = {"photometric": "rgb" if rgb else "minisblack", "metadata": {"axes": tif_axes}}

@@ -310,10 +310,13 @@ class _PwriteTarget(_RawFile):
 
 
 @contextlib.contextmanager
-def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *, chunks: tuple[int, ...] | None = None):
+def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *, chunks: tuple[int, ...] | None = None,
+                  axes: str | None = None, calibration: Any = None):
     """Preallocate an output array file and yield a writer accepting ``writer[index] = values``.
 
-    ``.tif``/``.tiff``: uncompressed BigTIFF (readable and memory-mappable by tifffile, Fiji);
+    ``.tif``/``.tiff``: uncompressed, memory-mappable; an ImageJ hyperstack with ``axes`` and the
+    input's ``calibration`` (:func:`unetseg.imagej.tiff_kwargs`) where ImageJ can hold it, else
+    BigTIFF;
     ``.npy``: a NumPy file; ``.zarr``: a zarr array (``chunks`` default 512 per spatial axis).
     Everything is written under a temporary sibling and renamed to ``path`` when the block
     succeeds; on error the temporary file is removed and ``path`` is left untouched.
@@ -354,7 +357,11 @@ def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *
         else:
             import tifffile
 
-            mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, bigtiff=True, photometric="minisblack")
+            from .imagej import tiff_kwargs
+
+            axes = axes or ("YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else "CZYX")
+            kwargs = tiff_kwargs(axes, dtype, math.prod(shape) * dtype.itemsize, calibration)
+            mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, **kwargs)
             offset = mm.offset
             del mm
         target = _PwriteTarget(tmp, offset, shape, dtype)

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "or probability maps. Writes metrics.json, metrics.csv and report.html to --out."
         ),
     )
-    p.add_argument("--pred", required=True, help="predictions: image, multi-page TIFF or folder")
-    p.add_argument("--gt", required=True, help="ground truth: image, multi-page TIFF or folder")
+    p.add_argument("--pred", required=True, help="predictions: image, multi-page TIFF or folder (ctc: a NN_RES folder of maskTTT.tif)")
+    p.add_argument("--gt", required=True, help="ground truth: image, multi-page TIFF or folder (ctc: NN_GT or NN_GT/SEG)")
     p.add_argument("--protocol", required=True, choices=PROTOCOLS)
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--image", help="raw images shown under the contours in the report (same layout as --pred)")
@@ -31,10 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _inputs(args: argparse.Namespace):
+    """``(pred, gt, names)``: a CTC results folder paired frame by frame with its NN_GT, else two stacks."""
+    from ..ctc import ground_truth_folder, is_results_folder, load_results
+
+    if args.protocol == "ctc" and is_results_folder(args.pred) and ground_truth_folder(args.gt) is not None:
+        return load_results(args.pred, args.gt)
+    pred, gt = load_stack(args.pred), load_stack(args.gt)
+    return pred, gt, stack_names(args.pred, len(pred))
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    pred = load_stack(args.pred)
-    gt = load_stack(args.gt)
+    pred, gt, names = _inputs(args)
     if pred.shape != gt.shape:
         raise InputError(f"{args.pred} and {args.gt} differ in shape: {pred.shape} vs {gt.shape} (Z, Y, X)")
     check_label_inputs(args.protocol, pred, gt, pred_name=str(args.pred), gt_name=str(args.gt))
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         gt,
         out,
         images=images,
-        names=stack_names(args.pred, len(pred)),
+        names=names,
         report=not args.no_report,
         max_report_images=args.max_report_images,
         progress=True,

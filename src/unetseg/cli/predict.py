@@ -26,10 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (created if missing); writes OUT/NAME.tif")
     p.add_argument("--tile", type=int, default=None, help="largest output tile side (default: from the memory budget)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips")
-    p.add_argument("--output", default="prob", choices=["prob", "mask", "labels"], help="probabilities, mask, or instance labels")
+    p.add_argument("--output", default=None, choices=["prob", "mask", "labels"],
+                   help="probabilities (default), mask, or instance labels (the only output of --format ctc)")
     p.add_argument("--threshold", type=float, default=None, help="foreground threshold for mask/labels (default: the model card's, 0.5)")
     p.add_argument("--split", default=None, choices=["none", "distance", "border"],
                    help="labels: watershed split of touching objects (default: the model card's postprocess)")
+    p.add_argument("--rois", action="store_true", help="labels: also write OUT/NAME_rois.zip, one ImageJ ROI per object (Fiji's ROI Manager)")
     p.add_argument("--min-size", type=int, default=None, help="labels: remove objects smaller than this many pixels (default: the card's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
@@ -38,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forward pass: PyTorch, or ONNX Runtime (CPU, fp32; needs the export extra)")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
-    p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy"], help="output file format")
+    p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ctc"],
+                   help="output file format; ctc: Cell Tracking Challenge results, INPUT sequence folders NN/ (tTTT.tif) "
+                        "give OUT/NN_RES/maskTTT.tif (uint16 instance labels)")
     p.add_argument("--no-output-shift", action="store_true",
                    help="ignore the output shift calibrated in training (the model card's output_shift)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="segment with Dask: 'threads' or a distributed scheduler address")
@@ -72,6 +76,31 @@ def _output_name(path: Path, fmt: str) -> str:
     return f"{name}.{fmt}"
 
 
+def _output_kind(args: argparse.Namespace) -> str:
+    if args.format == "ctc" and args.output not in (None, "labels"):
+        raise ConfigError(f"--format ctc writes instance labels; --output {args.output} cannot be written as CTC results")
+    return args.output or ("labels" if args.format == "ctc" else "prob")
+
+
+def _targets(args: argparse.Namespace, output: str) -> tuple[list[Path], list[Path]]:
+    """Input files and their output paths (``OUT/NAME.fmt``, or ``OUT/NN_RES/maskTTT.tif`` for ctc)."""
+    out = Path(args.out)
+    if args.format == "ctc":
+        from ..ctc import result_path, sequence_frames
+
+        files = [f for item in args.inputs for f in (sequence_frames(item) if Path(item).is_dir() else [Path(item)])]
+        targets = [result_path(out, f) for f in files]
+    else:
+        files = _collect(args.inputs)
+        fmt = "tif" if output == "labels" else args.format
+        targets = [out / _output_name(f, fmt) for f in files]
+    dupes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    if dupes:
+        raise InputError(f"several inputs would write the same output {dupes[0]}; give them distinct names")
+    out.mkdir(parents=True, exist_ok=True)
+    return files, targets
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -83,14 +112,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch {args.batch}: expected a positive number")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
-    files = _collect(args.inputs)
-    fmt = "tif" if args.output == "labels" else args.format
-    names = [_output_name(f, fmt) for f in files]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputError(f"several inputs would write the same output {dupes[0]}; give them distinct names")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    output = _output_kind(args)
+    files, targets = _targets(args, output)
     if args.channel is not None and args.channel < 0:
         raise ConfigError(f"--channel {args.channel}: expected a channel index >= 0")
     paths = [p for m in args.model for p in model_paths(m)]
@@ -100,15 +123,16 @@ def run(args: argparse.Namespace) -> int:
         predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision, backend=args.backend)
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
-        for path, name in tqdm(list(zip(files, names)), unit="file", desc="files", position=0, disable=None):
+        for path, target in tqdm(list(zip(files, targets)), unit="file", desc="files", position=0, disable=None):
+            target.parent.mkdir(parents=True, exist_ok=True)
             predictor.predict_file(
-                path, out / name, output=args.output, threshold=args.threshold, split=args.split, min_size=args.min_size,
-                channel=args.channel, tile_shape=args.tile, tta=args.tta, batch_size=args.batch, progress=tile_bar,
+                path, target, output=output, threshold=args.threshold, split=args.split, min_size=args.min_size,
+                channel=args.channel, rois=args.rois, tile_shape=args.tile, tta=args.tta, batch_size=args.batch, progress=tile_bar,
                 dask_scheduler=args.dask_scheduler,
                 **({"output_shift": None} if args.no_output_shift else {}),
             )
-            log.debug("%s -> %s", path, out / name)
+            log.debug("%s -> %s", path, target)
     finally:
         tile_bar.close()
-    print(f"wrote {len(files)} file(s) to {out} (backend {predictor.backend}, precision {predictor.precision}, {predictor.device})")
+    print(f"wrote {len(files)} file(s) to {args.out} (backend {predictor.backend}, precision {predictor.precision}, {predictor.device})")
     return 0

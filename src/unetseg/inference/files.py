@@ -16,6 +16,8 @@ import numpy as np
 
 from ..axes import axes_for_model, model_views
 from ..errors import ConfigError
+from ..imagej import output_axes, read_calibration, rois_path, write_rois
+from ..io import write_image
 from ..normalize import fit_normalization
 from .predictor import CARD, Predictor, as_predictor
 
@@ -78,6 +80,7 @@ def predict_file(
     split: str | None = None,
     min_size: int | None = None,
     channel: int | None = None,
+    rois: bool = False,
     dask_scheduler: Any = None,
     progress: bool | Any = False,
     device: Any = None,
@@ -91,40 +94,40 @@ def predict_file(
     uint8 (0/255 for 1-2 classes, else the argmax class), ``"labels"`` uint16/uint32 instances
     (:func:`unetseg.postprocess.instances_from_probabilities`, which needs the whole probability
     map in memory); ``threshold``, ``split``, ``min_size`` default to the card's ``postprocess``.
-    ``normalization`` overrides the card's. ``channel`` picks one channel of a
-    multi-channel image for a single-channel model. Other keywords (``tile_shape``, ``tta``,
-    ``batch_size``, ``output_shift``: the card's by default, ``None`` for none) go to
+    ``normalization`` overrides the card's. ``channel`` picks one channel of a multi-channel
+    image for a single-channel model. TIFFs are ImageJ hyperstacks with the input's pixel size
+    (:mod:`unetseg.imagej`); ``rois`` (labels) also writes ``NAME_rois.zip``, one ROI per object.
+    Other keywords (``tile_shape``, ``tta``, ``batch_size``, ``output_shift``: the card's by default, ``None`` for none) go to
     :meth:`Predictor.predict_into`. With ``dask_scheduler`` (``"threads"``, an address or a
     ``distributed.Client``) the image is segmented by :func:`~unetseg.inference.dask.predict_dask`.
     """
     from ..store import create_writer, open_source
 
-    unknown = sorted(set(kwargs) - set(_PREDICT_KEYS))
-    if unknown:
-        raise TypeError(f"predict_file: unexpected argument(s) {', '.join(unknown)}")
+    if set(kwargs) - set(_PREDICT_KEYS):
+        raise TypeError(f"predict_file: unexpected argument(s) {', '.join(sorted(set(kwargs) - set(_PREDICT_KEYS)))}")
     predictor = as_predictor(model, device=device, precision=precision)
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
     threshold, split, min_size = _postprocess(card, threshold, split, min_size)
     spec = normalization if normalization is not None else card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
-    source = open_source(input_path)
-    views = image_views(source, predictor, str(input_path), channel=channel)
+    views = image_views(open_source(input_path), predictor, str(input_path), channel=channel)
     stack = len(views) > 1 or views[0].z is not None
     num_classes, spatial = predictor.num_classes, views[0].shape[1:]
+    if rois and output != "labels":
+        raise ConfigError(f"rois: ImageJ ROIs are written for --output labels, not {output!r}")
+    calibration, dims = read_calibration(input_path), predictor.spatial_dims
+    run = (dask_scheduler, progress, kwargs)
     if output == "labels":
         probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
-        for z, view in enumerate(views):
-            target = _StackTarget(probs, z, True) if stack else probs
-            _predict_view(predictor, view, target, fit_normalization(view, spec), None, np.float32, dask_scheduler, progress, kwargs)
-        _write_labels(output_path, probs, card, threshold, split, min_size)
+        _run_views(predictor, views, probs, True, spec, None, np.float32, run)
+        _write_labels(output_path, _labels(probs, card, threshold, split, min_size), output_axes(False, stack, dims), calibration, rois)
         return output_path
     class_axis, dtype, transform = output_spec(output, num_classes, card.foreground_class, threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
-    with create_writer(output_path, out_shape, dtype) as writer:
-        for z, view in enumerate(views):
-            target = _StackTarget(writer, z, class_axis) if stack else writer
-            _predict_view(predictor, view, target, fit_normalization(view, spec), transform, dtype, dask_scheduler, progress, kwargs)
+    axes = output_axes(class_axis, stack, dims)
+    with create_writer(output_path, out_shape, dtype, axes=axes, calibration=calibration) as writer:
+        _run_views(predictor, views, writer, class_axis, spec, transform, dtype, run)
     return output_path
 
 
@@ -135,14 +138,26 @@ def _postprocess(card, threshold: float | None, split: str | None, min_size: int
             post.min_size if min_size is None else min_size)
 
 
-def _write_labels(path: Path, probs: np.ndarray, card, threshold: float, split: str, min_size: int) -> None:
-    from ..io import write_image
+def _run_views(predictor: Predictor, views: list, target: Any, class_axis: bool, spec, transform, dtype, run: tuple) -> None:
+    """Segment every view (one, or each slice of a stack) into ``target``."""
+    stack = len(views) > 1 or views[0].z is not None
+    for z, view in enumerate(views):
+        _predict_view(predictor, view, _StackTarget(target, z, class_axis) if stack else target, fit_normalization(view, spec),
+                      transform, dtype, *run)
+
+
+def _write_labels(path: Path, labels: np.ndarray, axes: str, calibration, rois: bool) -> None:
+    write_image(path, labels, axes=axes, imagej=True, calibration=calibration)
+    if rois:
+        write_rois(rois_path(path), labels)
+
+
+def _labels(probs: np.ndarray, card, threshold: float, split: str, min_size: int) -> np.ndarray:
     from ..postprocess import instances_from_probabilities
 
     foreground = min(card.foreground_class, probs.shape[0] - 1)
-    labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=foreground, split=split,
-                                          border_class=card.border_class, min_size=min_size)
-    write_image(path, labels)
+    return instances_from_probabilities(probs, threshold_value=threshold, foreground_class=foreground, split=split,
+                                        border_class=card.border_class, min_size=min_size)
 
 
 def _predict_view(predictor: Predictor, view, target, pre, transform, dtype, dask_scheduler, progress, kwargs) -> None:
