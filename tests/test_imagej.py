@@ -100,7 +100,7 @@ def test_real_imagej_reads_the_tiff_and_the_roi_set(tmp_path):
     assert main(["predict", "--model", str(model), "--device", "cpu", "--output", "labels", "--split", "none", "--rois",
                  str(stack), "--out", str(out)]) == 0
     (tmp_path / "check.ijm").write_text(IMAGEJ_MACRO)
-    done = subprocess.run(["xvfb-run", "-a", imagej, "-batch", str(tmp_path / "check.ijm"), str(out)],
+    done = subprocess.run(["xvfb-run", "-a", imagej, "-b", str(tmp_path / "check.ijm"), str(out)],
                           capture_output=True, text=True, timeout=300)
     text = done.stdout + done.stderr
     assert "dims 50 40 3 0.3 2 micron" in text.replace("µm", "micron").replace(" um", " micron"), text[-2000:]
