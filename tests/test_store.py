@@ -103,9 +103,19 @@ def test_writers_assemble_tiles_and_rename_atomically(tmp_path, suffix):
     if suffix == ".tif":
         mm = tifffile.memmap(path)  # plain contiguous TIFF: memory-mappable by other tools
         np.testing.assert_array_equal(mm, want)
-        with tifffile.TiffFile(path) as tif:
-            assert tif.is_bigtiff
+        with tifffile.TiffFile(path) as tif:  # a stack ImageJ can hold: a hyperstack Fiji opens as Z slices
+            assert tif.is_imagej and tif.series[0].axes == "ZYX"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_tiff_writer_falls_back_to_bigtiff_for_what_imagej_cannot_hold(tmp_path):
+    path = tmp_path / "out.tif"
+    want = np.random.default_rng(2).random((2, 3, 10, 12)).astype(np.float32)
+    with create_writer(path, want.shape, np.float32, axes="CZYX") as w:  # classes first: not ImageJ's order
+        w[:, :, :, :] = want
+    np.testing.assert_array_equal(tifffile.memmap(path), want)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff and not tif.is_imagej
 
 
 def test_writer_leaves_nothing_on_error(tmp_path):
