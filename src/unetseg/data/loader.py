@@ -58,20 +58,24 @@ def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
     stop = threading.Event()
     done = object()
 
+    def put(item: Any) -> bool:
+        """Queue ``item`` unless the consumer has gone (then False): never blocks for good."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)  # the end, too, must not wait on a consumer that left (it did: a leaked thread)
         except Exception as exc:  # handed to the consumer and raised there
-            q.put(exc)
+            put(exc)
 
     th = threading.Thread(target=produce, name="unetseg-prefetch", daemon=True)
     th.start()
