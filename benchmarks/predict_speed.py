@@ -133,8 +133,9 @@ _RSS_CHILD = textwrap.dedent(
 )
 
 
-def bench_rss(width, big, tile, workdir: Path):
-    """(c): disk-to-disk segmentation of a big image in a fresh process; returns (GiB, seconds)."""
+def bench_rss(width, big, tile, workdir: Path) -> dict[str, tuple[float, float]]:
+    """(c): disk-to-disk segmentation of a big image in a fresh process, once to a float32 TIFF
+    and once to an OME-Zarr pyramid; returns {"tif": (GiB, seconds), "ome-zarr": (GiB, seconds)}."""
     import tifffile
 
     run_dir = workdir / "run"
@@ -150,14 +151,42 @@ def bench_rss(width, big, tile, workdir: Path):
                 yield rng.integers(0, 255, (min(rows, big - y), big), dtype=np.uint8)
 
         tw.write(strips(), shape=(big, big), dtype=np.uint8, rowsperstrip=rows)
-    out = workdir / "big_prob.tif"
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(run_dir), str(src), str(out), str(tile)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"RSS child failed: {proc.stderr[-2000:]}")
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    with tifffile.TiffFile(out) as tif:
+    found = {}
+    for kind, name in (("tif", "big_prob.tif"), ("ome-zarr", "big_prob.ome.zarr")):
+        out = workdir / name
+        proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(run_dir), str(src), str(out), str(tile)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"RSS child ({kind}) failed: {proc.stderr[-2000:]}")
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        found[kind] = (info["maxrss_kib"] / 2**20, info["seconds"])
+    with tifffile.TiffFile(workdir / "big_prob.tif") as tif:
         assert tif.series[0].shape == (big, big)
-    return info["maxrss_kib"] / 2**20, info["seconds"]
+    import zarr
+
+    assert zarr.open_group(str(workdir / "big_prob.ome.zarr"), mode="r")["0"].shape == (big, big)
+    return found
+
+
+def _rss(args) -> dict[str, tuple[float, float]] | None:
+    if not args.big:
+        return None
+    with tempfile.TemporaryDirectory(dir=os.environ.get("UNETSEG_BENCH_TMP")) as tmp:
+        rss = bench_rss(args.width, args.big, args.tile, Path(tmp))
+    for kind, (gib, secs) in rss.items():
+        print(f"(c) {args.big}^2 uint8 TIFF -> float32 {kind} on disk, width {args.width}: peak RSS {gib:.2f} GiB in {secs:.0f} s",
+              flush=True)
+    print(f"(c) OME-Zarr / TIFF peak RSS: {rss['ome-zarr'][0] / rss['tif'][0]:.3f}", flush=True)
+    return rss
+
+
+def report_rss(args) -> int:
+    """``--rss-only``: (c) alone, with its JSON line."""
+    rss = _rss(args)
+    print(json.dumps({"peak_rss_gib": round(rss["tif"][0], 3), "peak_rss_ome_zarr_gib": round(rss["ome-zarr"][0], 3),
+                      "ome_zarr_over_tif": round(rss["ome-zarr"][0] / rss["tif"][0], 3), "width": args.width, "big": args.big,
+                      "tile": args.tile, "cpu_flags": runtime.cpu_flags()}))
+    return 0
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -174,6 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
+    ap.add_argument("--rss-only", action="store_true", help="only (c): peak memory of the TIFF and OME-Zarr outputs")
     args = ap.parse_args(argv)
     runtime.configure_threads()
     # Process-wide, so MONAI's sliding window below runs with the same allocator setting.
@@ -181,6 +211,8 @@ def main(argv=None) -> int:
     print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  bf16-native-cpu {runtime.cpu_supports_bf16()}  "
           f"malloc-tuned {tuned}", flush=True)
 
+    if args.rss_only:
+        return report_rss(args)
     torch.manual_seed(0)
     net = UNet(1, 2, base_channels=args.width, dropout=0.0).eval()
     img = _image(args.size)
@@ -208,17 +240,14 @@ def main(argv=None) -> int:
     d = dice(fp32[1] > 0.5, bf[1] > 0.5)
     print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)
 
-    rss = None
-    if args.big:
-        with tempfile.TemporaryDirectory(dir=os.environ.get("UNETSEG_BENCH_TMP")) as tmp:
-            rss, secs = bench_rss(args.width, args.big, args.tile, Path(tmp))
-        print(f"(c) {args.big}^2 uint8 TIFF -> float32 BigTIFF on disk, width {args.width}: peak RSS {rss:.2f} GiB in {secs:.0f} s", flush=True)
+    rss = _rss(args)
     print(f"    (this process: ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)", flush=True)
     print(json.dumps({
         "vs_monai_025": round(t_m25 / t_tiled, 3),
         "vs_monai_05": round(t_m50 / t_tiled, 3),
         "tiling_efficiency": round(eff, 3),
-        "peak_rss_gib": None if rss is None else round(rss, 3),
+        "peak_rss_gib": None if rss is None else round(rss["tif"][0], 3),
+        "peak_rss_ome_zarr_gib": None if rss is None else round(rss["ome-zarr"][0], 3),
         "bf16_speedup": round(t32 / t16, 3),
         "bf16_dice": round(d, 4),
         "width": args.width,

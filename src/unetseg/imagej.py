@@ -1,7 +1,8 @@
 """Outputs that Fiji / ImageJ open as they should: hyperstack TIFF metadata and ROI sets.
 
 - :func:`read_calibration` takes the pixel size (and its unit, and the Z spacing) from an input
-  TIFF: ImageJ metadata, OME-XML ``PhysicalSize*``, or the TIFF resolution tags;
+  TIFF: ImageJ metadata, OME-XML ``PhysicalSize*``, or the TIFF resolution tags (or from an
+  OME-Zarr input's ``scale``);
 - :func:`tiff_kwargs` turns output axes and that calibration into tifffile arguments: an ImageJ
   hyperstack (``imagej=True``: axes, ``unit``, ``spacing``, X/Y resolution) where ImageJ can hold
   it (uint8/uint16/float32, axes in ImageJ's order, under 4 GiB), else a BigTIFF with the
@@ -54,9 +55,11 @@ def _ome_calibration(xml: str) -> Calibration | None:
 
 
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
-    """The pixel size of a TIFF file (None for other files or a TIFF that records none)."""
+    """The pixel size of a TIFF file or an OME-Zarr image (None for other files, or one that records none)."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
-        return None
+        from .omezarr import read_ngff_calibration
+
+        return read_ngff_calibration(path) if Path(path).is_dir() else None
     import tifffile
 
     with tifffile.TiffFile(path) as tif:

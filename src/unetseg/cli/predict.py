@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
 from ..io import IMAGE_SUFFIXES, list_images
+from ..omezarr import label_image_path, ngff_multiscale
 from ..store import is_zarr_path
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forward pass: PyTorch, or ONNX Runtime (CPU, fp32; needs the export extra)")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
-    p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ctc"],
-                   help="output file format; ctc: Cell Tracking Challenge results, INPUT sequence folders NN/ (tTTT.tif) "
+    p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ome-zarr", "ctc"],
+                   help="output file format; ome-zarr: NAME.ome.zarr, an NGFF multiscale pyramid (labels of an OME-Zarr input: its label image INPUT/labels/unetseg); ctc: Cell Tracking Challenge results, INPUT sequence folders NN/ (tTTT.tif) "
                         "give OUT/NN_RES/maskTTT.tif (uint16 instance labels)")
     p.add_argument("--no-output-shift", action="store_true",
                    help="ignore the output shift calibrated in training (the model card's output_shift)")
@@ -69,11 +71,19 @@ def _collect(inputs: list[str]) -> list[Path]:
 
 def _output_name(path: Path, fmt: str) -> str:
     name = path.name.rstrip("/")
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".npy", ".zarr"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".npy", ".ome.zarr", ".zarr"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
     return f"{name}.{fmt}"
+
+
+def _label_image(image: Path) -> Path:
+    """Labels of an OME-Zarr input go beside their source, as its NGFF label image."""
+    if not os.access(image, os.W_OK):
+        raise InputError(f"{image}: --format ome-zarr writes the labels into this OME-Zarr image's labels/ group, "
+                         "and the folder is not writable; copy it, or use --format tif")
+    return label_image_path(image)
 
 
 def _output_kind(args: argparse.Namespace) -> str:
@@ -92,8 +102,10 @@ def _targets(args: argparse.Namespace, output: str) -> tuple[list[Path], list[Pa
         targets = [result_path(out, f) for f in files]
     else:
         files = _collect(args.inputs)
-        fmt = "tif" if output == "labels" else args.format
-        targets = [out / _output_name(f, fmt) for f in files]
+        fmt = {"ome-zarr": "ome.zarr"}.get(args.format, args.format)
+        fmt = "tif" if output == "labels" and fmt != "ome.zarr" else fmt
+        targets = [_label_image(f) if fmt == "ome.zarr" and output == "labels" and ngff_multiscale(f) else out / _output_name(f, fmt)
+                   for f in files]
     dupes = sorted({str(t) for t in targets if targets.count(t) > 1})
     if dupes:
         raise InputError(f"several inputs would write the same output {dupes[0]}; give them distinct names")
@@ -134,5 +146,7 @@ def run(args: argparse.Namespace) -> int:
             log.debug("%s -> %s", path, target)
     finally:
         tile_bar.close()
-    print(f"wrote {len(files)} file(s) to {args.out} (backend {predictor.backend}, precision {predictor.precision}, {predictor.device})")
+    beside = sum(not t.is_relative_to(Path(args.out)) for t in targets)
+    into = f" and {beside} label image(s) into their OME-Zarr inputs (labels/unetseg)" if beside else ""
+    print(f"wrote {len(files) - beside} file(s) to {args.out}{into} (backend {predictor.backend}, precision {predictor.precision}, {predictor.device})")
     return 0

@@ -26,7 +26,7 @@ from .engine import (
     whole_image_reference,
 )
 from .ensemble import EnsemblePredictor, model_paths
-from .files import OUTPUT_KINDS, image_views, predict_file
+from .files import OUTPUT_KINDS, image_views, predict_array, predict_file
 from .predictor import Predictor, as_predictor, predict_image, predict_into
 from .shift import check_output_shift, shift_probabilities
 
@@ -44,6 +44,7 @@ __all__ = [
     "image_views",
     "model_paths",
     "predict_dask",
+    "predict_array",
     "predict_file",
     "predict_image",
     "predict_into",

@@ -8,9 +8,11 @@ and ``prob``/``mask`` outputs are written band by band, so memory does not grow 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from ..errors import ConfigError
 from ..imagej import output_axes, read_calibration, rois_path, write_rois
 from ..io import write_image
 from ..normalize import fit_normalization
+from ..omezarr import create_ome_zarr, is_label_image_output, is_ome_zarr_output
 from .predictor import CARD, Predictor, as_predictor
 
 OUTPUT_KINDS = ("prob", "mask", "labels")
@@ -101,7 +104,7 @@ def predict_file(
     :meth:`Predictor.predict_into`. With ``dask_scheduler`` (``"threads"``, an address or a
     ``distributed.Client``) the image is segmented by :func:`~unetseg.inference.dask.predict_dask`.
     """
-    from ..store import create_writer, open_source
+    from ..store import open_source
 
     if set(kwargs) - set(_PREDICT_KEYS):
         raise TypeError(f"predict_file: unexpected argument(s) {', '.join(sorted(set(kwargs) - set(_PREDICT_KEYS)))}")
@@ -111,24 +114,96 @@ def predict_file(
     threshold, split, min_size = _postprocess(card, threshold, split, min_size)
     spec = normalization if normalization is not None else card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
-    views = image_views(open_source(input_path), predictor, str(input_path), channel=channel)
-    stack = len(views) > 1 or views[0].z is not None
-    num_classes, spatial = predictor.num_classes, views[0].shape[1:]
     if rois and output != "labels":
         raise ConfigError(f"rois: ImageJ ROIs are written for --output labels, not {output!r}")
-    calibration, dims = read_calibration(input_path), predictor.spatial_dims
-    run = (dask_scheduler, progress, kwargs)
+    source = open_source(input_path)  # refuses a missing or corrupt file before anything else reads it
+    calibration = read_calibration(input_path)
+    job = _Job(output, spec, (threshold, split, min_size), (dask_scheduler, progress, kwargs))
+
+    def open_target(shape, dtype, axes, kind):
+        return _writer(output_path, shape, dtype, axes, calibration, kind)
+
+    result = _segment(predictor, source, str(input_path), job, channel, open_target)
     if output == "labels":
-        probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
-        _run_views(predictor, views, probs, True, spec, None, np.float32, run)
-        _write_labels(output_path, _labels(probs, card, threshold, split, min_size), output_axes(False, stack, dims), calibration, rois)
-        return output_path
-    class_axis, dtype, transform = output_spec(output, num_classes, card.foreground_class, threshold)
-    out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
-    axes = output_axes(class_axis, stack, dims)
-    with create_writer(output_path, out_shape, dtype, axes=axes, calibration=calibration) as writer:
-        _run_views(predictor, views, writer, class_axis, spec, transform, dtype, run)
+        labels, axes = result
+        _write_labels(output_path, labels, axes, calibration, rois)
     return output_path
+
+
+def predict_array(
+    model: Any,
+    image: Any,
+    *,
+    output: str = "prob",
+    threshold: float | None = None,
+    split: str | None = None,
+    min_size: int | None = None,
+    channel: int | None = None,
+    progress: bool | Any = False,
+    open_target: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """What :func:`predict_file` writes, for an array instead of a file (the napari widget's path).
+
+    ``image`` is any array with ``shape``, ``dtype`` and slicing (NumPy, dask, zarr), laid out as
+    a file of it would be (``(Y, X)``, ``(Z, Y, X)`` stack, channels last or first as
+    :func:`unetseg.axes.axes_for_model` reads them); it is read window by window, never whole.
+    Normalisation, output kinds and the card's post-processing are those of
+    :func:`predict_file`, so both give the same values for the same pixels. ``prob`` and
+    ``mask`` go into a NumPy array, or into what ``open_target(shape, dtype, axes, kind)`` (a
+    context manager yielding a writable array, e.g. :func:`unetseg.omezarr.create_ome_zarr`
+    bound to a path) gives, so an image larger than memory can be segmented band by band;
+    ``labels`` are always returned in memory.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unetseg.models import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> prob = predict_array(UNet(1, 2, depth=1, base_channels=2), np.zeros((40, 30), np.uint8))
+    >>> prob.shape, prob.dtype
+    ((40, 30), dtype('float32'))
+    """
+    from ..store import ArraySource
+
+    predictor = as_predictor(model)
+    kwargs.setdefault("output_shift", CARD)
+    card = predictor.card
+    data = image if all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(image)
+    job = _Job(output, card.normalization, _postprocess(card, threshold, split, min_size), (None, progress, kwargs))
+    result = _segment(predictor, ArraySource(data), "image", job, channel, open_target or _in_memory)
+    return result[0] if output == "labels" else result
+
+
+class _Job(NamedTuple):
+    output: str
+    spec: Any  # normalisation
+    post: tuple  # threshold, split, min_size
+    run: tuple  # dask scheduler, progress, predict_into keywords
+
+
+@contextlib.contextmanager
+def _in_memory(shape: tuple[int, ...], dtype: Any, axes: str, kind: str) -> Iterator[np.ndarray]:
+    yield np.zeros(shape, dtype)
+
+
+def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: int | None, open_target) -> Any:
+    """Segment ``source`` as ``job`` says: ``(labels, axes)`` for labels, else the target
+    ``open_target`` gave, filled band by band."""
+    views = image_views(source, predictor, name, channel=channel)
+    stack = len(views) > 1 or views[0].z is not None
+    num_classes, spatial, card = predictor.num_classes, views[0].shape[1:], predictor.card
+    threshold, split, min_size = job.post
+    if job.output == "labels":
+        probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
+        _run_views(predictor, views, probs, True, job.spec, None, np.float32, job.run)
+        return _labels(probs, card, threshold, split, min_size), output_axes(False, stack, predictor.spatial_dims)
+    class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, threshold)
+    out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
+    axes = output_axes(class_axis, stack, predictor.spatial_dims)
+    with open_target(out_shape, dtype, axes, "image" if job.output == "prob" else "labels") as target:
+        _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
+    return target
 
 
 def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None) -> tuple[float, str, int]:
@@ -146,8 +221,21 @@ def _run_views(predictor: Predictor, views: list, target: Any, class_axis: bool,
                       transform, dtype, *run)
 
 
+def _writer(path: Path, shape: tuple[int, ...], dtype, axes: str, calibration, kind: str):
+    """The band-by-band writer of an output file: OME-Zarr pyramid, or :func:`unetseg.store.create_writer`."""
+    from ..store import create_writer
+
+    if is_ome_zarr_output(path) or is_label_image_output(path):
+        return create_ome_zarr(path, shape, dtype, axes=axes, calibration=calibration, kind=kind)
+    return create_writer(path, shape, dtype, axes=axes, calibration=calibration)
+
+
 def _write_labels(path: Path, labels: np.ndarray, axes: str, calibration, rois: bool) -> None:
-    write_image(path, labels, axes=axes, imagej=True, calibration=calibration)
+    if is_ome_zarr_output(path) or is_label_image_output(path):
+        with create_ome_zarr(path, labels.shape, labels.dtype, axes=axes, calibration=calibration, kind="labels") as level0:
+            level0[...] = labels
+    else:
+        write_image(path, labels, axes=axes, imagej=True, calibration=calibration)
     if rois:
         write_rois(rois_path(path), labels)
 
@@ -183,11 +271,13 @@ def _store_dask(result, target, scheduler) -> None:
         return
     from distributed import Client
 
+    from .dask import store_on_cluster
+
     if isinstance(scheduler, Client):
-        da.store(result, _Full(target), lock=True, scheduler=scheduler)
+        store_on_cluster(result, _Full(target), scheduler)
         return
     with Client(scheduler) as client:
-        da.store(result, _Full(target), lock=True, scheduler=client)
+        store_on_cluster(result, _Full(target), client)
 
 
 class _Full:
