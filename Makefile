@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,napari]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -17,8 +17,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/unetseg demo --out demo-out
 
+# Under Xvfb (tools/headless.sh installs it when missing): the napari plugin's viewer tests need a display.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" src tests
+	tools/headless.sh $(PY) -m pytest -q -m "not slow" src tests
 
 # The slow tests check outputs against real ImageJ (Debian's imagej, run under Xvfb): installed
 # here when missing and apt-get is allowed; without it that test skips with a message.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from unetseg.io import write_image
+
+if not os.environ.get("DISPLAY"):  # the napari plugin's tests: headless Qt (its viewer tests need Xvfb's display)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
