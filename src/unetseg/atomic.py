@@ -1,17 +1,22 @@
 """Atomic file output: write to a temporary sibling, then rename over the final name.
 
 A crash, a ``kill -9`` or an exception while writing never leaves a half-written file under
-the final name; at worst a hidden ``.NAME.*.tmp`` file remains next to it.
+the final name; at worst a hidden ``.NAME.*.tmp`` file remains next to it. A full disk
+(``ENOSPC``) becomes a :class:`~unetseg.errors.DiskFullError` naming the final path (and, where
+the writer said how much it needs, :func:`ensure_space`, the bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import DiskFullError
 
 
 @contextlib.contextmanager
@@ -64,12 +69,39 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
             os.chmod(tmp, mode)
             _fsync(tmp)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            raise DiskFullError(f"{final}: no space left on the device while writing it "
+                                              f"({free_bytes(parent)} bytes free there now)") from exc
         raise
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer can still put on the disk holding ``folder``."""
+    return int(shutil.disk_usage(folder).free)
+
+
+def ensure_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Refuse, before writing, an output of ``nbytes`` bytes that cannot fit beside ``path``.
+
+    Raises
+    ------
+    DiskFullError
+        Naming ``path``, the bytes it needs and the bytes free.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> ensure_space(pathlib.Path(tempfile.mkdtemp()) / "small.tif", 10)
+    """
+    parent = Path(path).parent
+    free = free_bytes(parent)
+    if nbytes > free:
+        raise DiskFullError(f"{path}: needs {nbytes} bytes, {free} free on its disk")
 
 
 def _chmod_tree(folder: Path, mode: int) -> None:

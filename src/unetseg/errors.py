@@ -26,3 +26,19 @@ class ModelFileError(UnetsegError, ValueError):
 
 class TrainingError(UnetsegError, RuntimeError):
     """Training cannot continue (for example the loss became NaN or Inf)."""
+
+
+class ClusterError(UnetsegError, RuntimeError):
+    """A Dask cluster cannot finish the work (no worker left, or a task that kills its workers)."""
+
+
+class DiskFullError(UnetsegError, OSError):
+    """An output does not fit on its disk: the message names the path and the bytes it needs."""
+
+    def __init__(self, message: str):
+        import errno
+
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)

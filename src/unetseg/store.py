@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, ensure_space
 from .errors import InputError
 
 ZARR_SUFFIXES = (".zarr", ".zarr/")
@@ -111,6 +111,10 @@ class _RawFile:
             self._fd = None
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class RawSource(_RawFile):
     """A C-ordered array stored uncompressed at ``offset`` in a file, read with ``os.pread``.
 
@@ -129,6 +133,17 @@ class RawSource(_RawFile):
         super().__init__(path, offset, shape, dtype)
         self.file_dtype = np.dtype(dtype)
         self.dtype = self.file_dtype.newbyteorder("=")
+        self.identity = _identity(os.stat(self.path))  # the file as opened: pixels are read from it alone
+
+    def _checked_fd(self) -> int:
+        """The descriptor, after checking the file is still the one opened (not rewritten in place,
+        not replaced before a Dask worker reopened it): a changed input is an error, never a mix."""
+        fd = self._fileno()
+        now = _identity(os.fstat(fd))
+        if now != self.identity:
+            what = "replaced by another file" if now[:2] != self.identity[:2] else "modified"
+            raise InputError(f"{self.path}: the input was {what} while it was being read; run again on a file that stays put")
+        return fd
 
     def __del__(self):  # pragma: no cover - best effort
         with contextlib.suppress(Exception):
@@ -141,7 +156,7 @@ class RawSource(_RawFile):
         if out.size:
             buf = memoryview(out.reshape(-1).view(np.uint8))
             pos = 0
-            fd = self._fileno()
+            fd = self._checked_fd()
             for off, nbytes in _byte_runs(self.shape, ranges, self.file_dtype.itemsize):
                 got = os.preadv(fd, [buf[pos : pos + nbytes]], self.offset + off)
                 if got != nbytes:
@@ -347,6 +362,7 @@ def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *
             arr = zarr.create_array(store=str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)
             yield arr
         return
+    ensure_space(path, math.prod(shape) * dtype.itemsize)  # preallocated sparse: refuse now, not at the last band
     with atomic_path(path) as tmp:
         if suffix == ".npy":
             header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}

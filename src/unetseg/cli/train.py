@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train import distributed as dist_util
+    from ..train import latest_checkpoint
     from ..train.config import load_train_config
     from ..train.setup import train_from_config
 
@@ -47,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("train needs --config CONFIG.yaml and --out RUN_DIR (or --resume RUN_DIR)")
         run_dir = Path(args.out)
         config_path = Path(args.config)
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        held = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+        # torchrun --max-restarts runs the same command again after a rank died: continue, not restart
+        args.resume = str(run_dir) if held and dist_util.restarted_by_torchrun() and latest_checkpoint(run_dir / "checkpoints") else None
+        if held and not args.resume:
             raise ConfigError(f"{run_dir}: already holds a training run; use --resume {run_dir} or another --out")
     cfg = load_train_config(config_path, args.overrides)
     result = train_from_config(
@@ -59,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         time_limit_s=args.minutes * 60 if args.minutes else None,
     )
-    from ..train import distributed as dist_util
-
     info = dist_util.from_env()
     if info.is_main:
         best = f", best {cfg.validation.metric} {result.best_metric:.4f} at step {result.best_step}" if result.best_metric is not None else ""

@@ -8,6 +8,7 @@ once, so threads never convert it while another runs it).
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,3 +116,73 @@ def predict_dask(
     near = {0: "none", **{i: "nearest" for i in range(1, dims + 1)}}
     return probs.map_overlap(lambda b: shift_probabilities(b, shift), depth={0: 0, **{i: 3 for i in range(1, dims + 1)}},
                              boundary=near, dtype=np.float32, meta=meta)
+
+
+NO_WORKERS_S = 60.0  # a cluster without workers for this long fails the run (UNETSEG_DASK_NO_WORKERS_S overrides)
+_POLL_S = 1.0
+
+
+def block_regions(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
+    """The region of every block of a dask array with ``chunks``, in C order (``to_delayed().ravel()``).
+
+    Examples
+    --------
+    >>> block_regions(((2, 1), (3,)))
+    [(slice(0, 2, None), slice(0, 3, None)), (slice(2, 3, None), slice(0, 3, None))]
+    """
+    import itertools
+
+    per_axis = [[slice(int(a), int(a + c)) for a, c in zip(np.cumsum((0,) + tuple(ch[:-1])), ch)] for ch in chunks]
+    return list(itertools.product(*per_axis))
+
+
+def _write_block(block: np.ndarray, target: Any, region: tuple[slice, ...]) -> int:
+    target[region] = block
+    return int(block.nbytes)
+
+
+def store_on_cluster(result: Any, target: Any, client: Any, *, no_workers_s: float | None = None) -> int:
+    """Write the dask array ``result`` into ``target`` on a ``distributed`` cluster; bytes written.
+
+    One task per block computes and writes it, at its own offsets. The client lets go of each
+    block's task the moment it finishes (a done-callback), so a worker that dies afterwards does
+    not make the scheduler redo it; work lost with a dead worker is recomputed by Dask on the
+    workers left. A block whose worker dies in the instant between finishing and being let go is
+    written again, with the same bytes. A cluster with no worker for ``no_workers_s`` seconds
+    (default ``$UNETSEG_DASK_NO_WORKERS_S`` or 60), or a block whose workers kept dying
+    (``KilledWorker``), is a :class:`~unetseg.errors.ClusterError`; the caller's atomic writer then
+    leaves nothing under the final name.
+    """
+    import os
+
+    import dask
+    from distributed.scheduler import KilledWorker
+
+    from ..errors import ClusterError
+
+    limit = float(os.environ.get("UNETSEG_DASK_NO_WORKERS_S", NO_WORKERS_S)) if no_workers_s is None else no_workers_s
+    writes = [dask.delayed(_write_block, pure=False)(b, target, r) for b, r in zip(result.to_delayed().ravel(), block_regions(result.chunks))]
+    finished: queue.Queue = queue.Queue()
+    pending = {f.key: f for f in client.compute(writes)}
+    for future in list(pending.values()):
+        future.add_done_callback(finished.put)
+    written, idle = 0, 0.0
+    try:
+        while pending:
+            try:
+                future = finished.get(timeout=_POLL_S)
+            except queue.Empty:
+                idle = 0.0 if client.scheduler_info(n_workers=-1)["workers"] else idle + _POLL_S
+                if idle >= limit:
+                    raise ClusterError(f"{client.scheduler.address}: the Dask cluster has had no worker for {limit:.0f} s "
+                                       f"with {len(pending)} of {len(writes)} blocks left") from None
+                continue
+            idle = 0.0
+            pending.pop(future.key)
+            written += future.result()
+            future.release()
+    except KilledWorker as exc:
+        raise ClusterError(f"{client.scheduler.address}: a block kept killing the workers that ran it ({exc})") from exc
+    finally:
+        client.cancel(list(pending.values()))
+    return written

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, ensure_space
 from ..errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,8 @@ def save_checkpoint(
         "optimizer": opt_rest,
         "state": state or {},
     }
+    tensors = [*model_state.values(), *opt_tensors.values(), *(averaged or {}).values()]
+    ensure_space(final, sum(t.numel() * t.element_size() for t in tensors))
     with atomic_path(final, directory=True) as tmp:
         save_file(model_state, str(tmp / "model.safetensors"))
         _fsync_file(tmp / "model.safetensors")

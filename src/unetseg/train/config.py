@@ -158,6 +158,11 @@ class RuntimeConfig:
         if ``schedule.steps`` are not done (``unetseg train --minutes`` overrides it).
     debug_nan_at_step : int, optional
         Testing hook: replace the loss by NaN at this step.
+    collective_timeout_s : float
+        Under ``torchrun``: how long a process waits in a collective (gradient all-reduce,
+        barrier) for the others before it fails instead of hanging, e.g. when another rank died.
+        It must cover the longest wait of a healthy run: rank 0 validating or writing a
+        checkpoint while the others wait at the next barrier.
     """
 
     device: str = "auto"
@@ -170,6 +175,7 @@ class RuntimeConfig:
     progress_every_s: float = 30.0
     max_minutes: float | None = None
     debug_nan_at_step: int | None = None
+    collective_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)

@@ -48,16 +48,33 @@ def from_env() -> DistInfo:
     return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init(device: torch.device) -> DistInfo:
-    """Join the process group when launched by torchrun; pick the backend for ``device``."""
+def init(device: torch.device, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group when launched by torchrun; pick the backend for ``device``.
+
+    ``timeout_s``: a collective that waits longer for another process fails (a dead rank makes
+    the others exit non-zero instead of hanging; ``runtime.collective_timeout_s``)."""
     info = from_env()
     if not info.enabled or dist.is_initialized():
         return info
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    timeout = timedelta(seconds=timeout_s)
+    if restarted_by_torchrun():
+        dist.init_process_group(backend=backend, timeout=timeout, store=_attempt_store(info, timeout), rank=info.rank,
+                                world_size=info.world_size)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
     return info
+
+
+def _attempt_store(info: DistInfo, timeout: timedelta) -> dist.Store:
+    """torchrun's store, with keys of this restart attempt only: the keys the dead group left
+    (its processes' addresses) would otherwise send the new group to sockets that are gone."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # then the launcher hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), info.world_size,
+                          is_master=not agent and info.rank == 0, timeout=timeout, multi_tenant=not agent)
+    return dist.PrefixStore(f"unetseg/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def device_for(device: torch.device, info: DistInfo) -> torch.device:
@@ -134,3 +151,14 @@ def barrier(info: DistInfo) -> None:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun restarted this process's group after a failure (``--max-restarts``).
+
+    Examples
+    --------
+    >>> isinstance(restarted_by_torchrun(), bool)
+    True
+    """
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from ..data.loader import StepBatchSampler, train_loader
 from ..models import ModelCard
 from .config import TrainConfig
+from .runlock import held_run_folder
 from .stages import after_step, close_run, finish_run, record_step, setup_run, train_step
 
 __all__ = ["StepBatchSampler", "TrainResult", "fit", "seed_model_init", "step_seed"]
@@ -117,7 +118,7 @@ def fit(
     progress: bool = False,
     stop_after: int | None = None,
     time_limit_s: float | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` as ``cfg`` says, writing the run folder ``run_dir``.
 
@@ -131,33 +132,35 @@ def fit(
     ``checkpoints/``, ``loss.png`` and ``val/*.png``. ``resume`` continues from the newest
     checkpoint; ``stop_after`` stops (with a checkpoint) after that many steps; ``time_limit_s``
     stops after that much training time counted over resumes (``schedule.fit_time_limit`` also
-    fits the learning-rate schedule to it); ``on_step(step, loss)`` is called after each step.
+    fits the learning-rate schedule to it); ``on_step(step, loss)`` is called after each step, and
+    when it returns True training stops as on SIGINT (checkpoint, status ``interrupted``,
+    resumable): how a GUI thread stops a run.
 
     Raises
     ------
     TrainingError
         The loss became NaN/Inf (the last good checkpoint is kept), or a checkpoint does not fit.
     """
-    state = setup_run(cfg, model, train_set, Path(run_dir), val_set=val_set, card=card or ModelCard(), resume=resume,
-                      device=device, progress=progress, stop_after=stop_after, time_limit_s=time_limit_s)
-    info, rt = state.info, cfg.runtime
-    batches = train_loader(train_set, batch_size=cfg.batch_size, start=state.start, stop=state.end, rank=info.rank,
-                           world_size=info.world_size, num_workers=rt.num_workers, prefetch_depth=cfg.sampling.prefetch,
-                           pin_memory=state.device.type == "cuda")
-    state.ddp_model.train()
-    try:
-        with _StopSignal() as stopper:
-            for batch in batches:
-                seeded = lambda: _seeded(step_seed(rt.seed, state.step, info.rank), state.device)  # noqa: E731
-                loss, lr, grad_norm = train_step(state, batch, seeded)
-                if on_step is not None:
-                    on_step(state.step, loss)
-                record_step(state, loss, lr, grad_norm)
-                if after_step(state, stopper.signum):
-                    break
-        finish_run(state)
-    finally:
-        close_run(state)
+    with held_run_folder(run_dir):  # one live run per folder (RUN/.lock)
+        state = setup_run(cfg, model, train_set, Path(run_dir), val_set=val_set, card=card or ModelCard(), resume=resume,
+                          device=device, progress=progress, stop_after=stop_after, time_limit_s=time_limit_s)
+        info, rt = state.info, cfg.runtime
+        batches = train_loader(train_set, batch_size=cfg.batch_size, start=state.start, stop=state.end, rank=info.rank,
+                               world_size=info.world_size, num_workers=rt.num_workers, prefetch_depth=cfg.sampling.prefetch,
+                               pin_memory=state.device.type == "cuda")
+        state.ddp_model.train()
+        try:
+            with _StopSignal() as stopper:
+                for batch in batches:
+                    seeded = lambda: _seeded(step_seed(rt.seed, state.step, info.rank), state.device)  # noqa: E731
+                    loss, lr, grad_norm = train_step(state, batch, seeded)
+                    asked = on_step is not None and bool(on_step(state.step, loss))
+                    record_step(state, loss, lr, grad_norm)
+                    if after_step(state, stopper.signum or (signal.SIGINT if asked else None)):
+                        break
+            finish_run(state)
+        finally:
+            close_run(state)
     run_s = time.perf_counter() - state.t_start
     return TrainResult(run_dir=state.run_dir, step=state.step, status=state.status, signal=state.signum, best_metric=state.best_metric,
                        best_step=state.best_step, steps_per_s=(state.step - state.start) / run_s if run_s > 0 else 0.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from torch.utils.data import Dataset
 from .. import runtime
 from ..atomic import atomic_path
 from ..config import dump_config
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, DiskFullError, TrainingError
 from ..losses import build_loss
 from ..models import ModelCard, load_with_config
 from ..models import save as save_model
@@ -55,9 +56,15 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self.records.append(record)
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFullError(f"{self.path}: no space left on the device for the next record "
+                                        f"({len(json.dumps(record)) + 1} bytes)") from exc
+                raise
 
 
 @dataclass
@@ -126,7 +133,7 @@ def _runtime(cfg: TrainConfig, device: Any, spatial_dims: int):
     """(device, distributed info, precision, channels-last?, memory format), threads set."""
     rt = cfg.runtime
     dev = runtime.resolve_device(device if device is not None else rt.device)
-    info = dist_util.init(dev)
+    info = dist_util.init(dev, timeout_s=rt.collective_timeout_s)
     dev = dist_util.device_for(dev, info)
     precision = runtime.resolve_precision(rt.precision, dev)
     use_cl = runtime.training_channels_last(rt.channels_last, dev, precision, spatial_dims)
