@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 	@command -v imagej >/dev/null && command -v xvfb-run >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends imagej xvfb xauth >/dev/null) || \
 		echo "imagej/xvfb not installed: the ImageJ test will skip"
-	$(PY) -m pytest -q -m slow tests || [ $$? -eq 5 ]  # 5: no slow test selected
+	tools/headless.sh $(PY) -m pytest -q -m slow tests || [ $$? -eq 5 ]  # 5: no slow test selected
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

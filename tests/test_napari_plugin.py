@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("napari", reason="needs the napari extra (make test installs it)")
 if not os.environ.get("DISPLAY"):  # vispy's canvas needs OpenGL, which Qt's offscreen platform does not give
-    pytest.skip("the viewer needs an X display: make test runs the suite under Xvfb (tools/headless)", allow_module_level=True)
+    pytest.skip("the viewer needs an X display: make test runs the suite under Xvfb (tools/headless.sh)", allow_module_level=True)
 
 from unetseg.cli import main  # noqa: E402
 from unetseg.io import read_image, write_image  # noqa: E402
