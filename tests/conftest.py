@@ -61,3 +61,22 @@ def make_dataset(root: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
 def make_em_dataset():
     """:func:`make_dataset`: tiny ISBI-like ``images/`` + ``labels/`` folders."""
     return make_dataset
+
+
+def _tiny_model_file(path: Path, bias: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """A 2-class depth-1 U-Net saved to ``path``, its output biased by ``bias`` (instances card)."""
+    import torch
+
+    from unetseg.models import ModelCard, UNet, save
+
+    torch.manual_seed(0)
+    net = UNet(1, 2, depth=1, base_channels=2)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor(bias))
+    return save(net, path, card=ModelCard(classes=("background", "cell"), task="instances"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file():
+    """:func:`_tiny_model_file`: ``tiny_model_file(path, bias)`` saves a depth-1 2-class U-Net."""
+    return _tiny_model_file

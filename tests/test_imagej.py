@@ -10,20 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 import tifffile
-import torch
 from roifile import roiread
 
 from unetseg.cli import main
 from unetseg.imagej import Calibration, read_calibration, tiff_kwargs, write_rois
-from unetseg.models import ModelCard, UNet, save
-
-
-def _model(path, bias=(0.0, 0.0)):
-    torch.manual_seed(0)
-    net = UNet(1, 2, depth=1, base_channels=2)
-    with torch.no_grad():
-        net.head.bias.copy_(torch.tensor(bias))
-    return save(net, path, card=ModelCard(classes=("background", "cell"), task="instances"))
 
 
 def test_calibration_is_read_from_imagej_ome_and_plain_tiffs(tmp_path):
@@ -50,8 +40,8 @@ def _calibrated_stack(path):
 
 
 @pytest.mark.parametrize("output", ["prob", "mask", "labels"])
-def test_prediction_tiffs_are_imagej_hyperstacks_with_the_inputs_calibration(tmp_path, output):
-    model, stack = _model(tmp_path / "m.safetensors"), _calibrated_stack(tmp_path / "stack.tif")
+def test_prediction_tiffs_are_imagej_hyperstacks_with_the_inputs_calibration(tmp_path, output, tiny_model_file):
+    model, stack = tiny_model_file(tmp_path / "m.safetensors"), _calibrated_stack(tmp_path / "stack.tif")
     assert main(["predict", "--model", str(model), "--device", "cpu", "--output", output, str(stack), "--out", str(tmp_path / "o")]) == 0
     with tifffile.TiffFile(tmp_path / "o" / "stack.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "ZYX" and tif.series[0].shape == (3, 40, 50)
@@ -71,8 +61,8 @@ def test_rois_one_polygon_per_object_on_the_object(tmp_path):
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((5, 25, 5, 15), abs=0.51)  # the pixel edges
 
 
-def test_predict_rois_flag_writes_the_roi_set_beside_the_labels(tmp_path, capsys):
-    model, stack = _model(tmp_path / "m.safetensors", bias=(0.0, 5.0)), _calibrated_stack(tmp_path / "stack.tif")
+def test_predict_rois_flag_writes_the_roi_set_beside_the_labels(tmp_path, capsys, tiny_model_file):
+    model, stack = tiny_model_file(tmp_path / "m.safetensors", bias=(0.0, 5.0)), _calibrated_stack(tmp_path / "stack.tif")
     assert main(["predict", "--model", str(model), "--device", "cpu", "--output", "labels", "--split", "none", "--rois",
                  str(stack), "--out", str(tmp_path / "o")]) == 0
     labels = tifffile.imread(tmp_path / "o" / "stack.tif")
@@ -91,11 +81,11 @@ print("rois " + roiManager("count"));
 
 
 @pytest.mark.slow
-def test_real_imagej_reads_the_tiff_and_the_roi_set(tmp_path):
+def test_real_imagej_reads_the_tiff_and_the_roi_set(tmp_path, tiny_model_file):
     imagej = shutil.which("imagej")
     if imagej is None:
         pytest.skip("Debian's imagej is not installed (apt-get install imagej xvfb)")
-    model, stack = _model(tmp_path / "m.safetensors", bias=(0.0, 5.0)), _calibrated_stack(tmp_path / "stack.tif")
+    model, stack = tiny_model_file(tmp_path / "m.safetensors", bias=(0.0, 5.0)), _calibrated_stack(tmp_path / "stack.tif")
     out = tmp_path / "o"
     assert main(["predict", "--model", str(model), "--device", "cpu", "--output", "labels", "--split", "none", "--rois",
                  str(stack), "--out", str(out)]) == 0

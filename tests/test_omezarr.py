@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 pytest.importorskip("ome_zarr", reason="needs ome-zarr (the dev extra; make test installs it)")
@@ -15,16 +14,7 @@ from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Reader  # noqa: E402
 
 from unetseg.cli import main  # noqa: E402
-from unetseg.models import ModelCard, UNet, save  # noqa: E402
 from unetseg.omezarr import create_ome_zarr, pyramid_shapes  # noqa: E402
-
-
-def _model(path, bias=(0.0, 0.0)):
-    torch.manual_seed(0)
-    net = UNet(1, 2, depth=1, base_channels=2)
-    with torch.no_grad():
-        net.head.bias.copy_(torch.tensor(bias))
-    return save(net, path, card=ModelCard(classes=("background", "cell"), task="instances"))
 
 
 def _image(path, shape=(600, 530)):
@@ -40,8 +30,8 @@ def _read(path):
 
 
 @pytest.mark.parametrize("output", ["prob", "labels"])
-def test_ome_zarr_output_is_a_pyramid_whose_level_0_equals_the_tiff(tmp_path, output):
-    model, image = _model(tmp_path / "m.safetensors", bias=(0.0, 0.3)), _image(tmp_path / "img.tif")
+def test_ome_zarr_output_is_a_pyramid_whose_level_0_equals_the_tiff(tmp_path, output, tiny_model_file):
+    model, image = tiny_model_file(tmp_path / "m.safetensors", bias=(0.0, 0.3)), _image(tmp_path / "img.tif")
     common = ["predict", "--model", str(model), "--device", "cpu", "--output", output, str(image)]
     assert main(common + ["--format", "ome-zarr", "--out", str(tmp_path / "z")]) == 0
     assert main(common + ["--out", str(tmp_path / "t")]) == 0
@@ -77,10 +67,10 @@ def _ome_zarr_input(path, image, pixel=0.5):
     return path
 
 
-def test_labels_of_an_ome_zarr_input_become_its_ngff_label_image(tmp_path):
+def test_labels_of_an_ome_zarr_input_become_its_ngff_label_image(tmp_path, tiny_model_file):
     from ome_zarr_models.v05 import Image
 
-    model = _model(tmp_path / "m.safetensors", bias=(0.0, 0.3))
+    model = tiny_model_file(tmp_path / "m.safetensors", bias=(0.0, 0.3))
     pixels = tifffile.imread(_image(tmp_path / "img.tif", shape=(300, 280)))
     src = _ome_zarr_input(tmp_path / "cells.ome.zarr", pixels)
     common = ["predict", "--model", str(model), "--device", "cpu", "--output", "labels"]
@@ -97,12 +87,12 @@ def test_labels_of_an_ome_zarr_input_become_its_ngff_label_image(tmp_path):
     assert not (tmp_path / "z").exists() or not list((tmp_path / "z").iterdir())
 
 
-def test_an_ome_zarr_input_gives_its_pixel_size_to_a_tiff_output(tmp_path):
+def test_an_ome_zarr_input_gives_its_pixel_size_to_a_tiff_output(tmp_path, tiny_model_file):
     from unetseg.imagej import read_calibration
 
     src = _ome_zarr_input(tmp_path / "cells.ome.zarr", np.zeros((40, 40), np.uint8), pixel=0.25)
     cal = read_calibration(src)
     assert (cal.x, cal.y, cal.unit) == (0.25, 0.25, "µm")
-    model = _model(tmp_path / "m.safetensors")
+    model = tiny_model_file(tmp_path / "m.safetensors")
     assert main(["predict", "--model", str(model), "--device", "cpu", str(src), "--out", str(tmp_path / "t")]) == 0
     assert read_calibration(tmp_path / "t" / "cells.tif").x == pytest.approx(0.25)

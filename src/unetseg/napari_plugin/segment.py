@@ -149,6 +149,17 @@ def add_result(viewer: Any, layer: Any, job: SegmentJob, out: np.ndarray) -> Any
     return viewer.add_labels(data, name=name, scale=scale, translate=translate)
 
 
+def start_timer(timer: Any, callback: Any, every_ms: int) -> Any:
+    """A Qt timer calling ``callback`` every ``every_ms`` ms in the GUI thread (made on first use)."""
+    from qtpy.QtCore import QTimer
+
+    if timer is None:
+        timer = QTimer()
+        timer.timeout.connect(callback)
+    timer.start(every_ms)
+    return timer
+
+
 class SegmentWidget(Container):
     """Dock widget: image layer, model, tile, TTA, output, split, minimum size, slice or stack."""
 
@@ -212,12 +223,7 @@ class SegmentWidget(Container):
         self._tiles.cancel.set()
 
     def _start_timer(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        if self._timer is None:
-            self._timer = QTimer()
-            self._timer.timeout.connect(self._poll)
-        self._timer.start(100)
+        self._timer = start_timer(self._timer, self._poll, 100)
 
     def _poll(self) -> None:
         self.progress.max, self.progress.value = max(1, self._tiles.total), min(self._tiles.n, max(1, self._tiles.total))

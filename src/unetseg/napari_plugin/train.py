@@ -20,7 +20,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, create_widget
 from napari.utils.notifications import show_error
 
-from .segment import outcome
+from .segment import outcome, start_timer
 
 
 def recipes() -> dict[str, Path]:
@@ -125,12 +125,7 @@ class TrainWidget(Container):
         self._stop.set()
 
     def _start_timer(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        if self._timer is None:
-            self._timer = QTimer()
-            self._timer.timeout.connect(self.draw_losses)
-        self._timer.start(500)
+        self._timer = start_timer(self._timer, self.draw_losses, 500)
 
     def draw_losses(self) -> None:
         """Redraw the loss curve from the steps reported so far."""
