@@ -1,0 +1,98 @@
+"""Instance post-processing of DIC-HeLa on out-of-fold probabilities, and where the false objects are.
+
+    .venv/bin/unetseg cv --config configs/hela.yaml --folds 3 --minutes 9 --out /tmp/cv-hela
+    flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/hela_postprocess.py --cv /tmp/cv-hela
+
+Each held-out frame of the ``unetseg cv`` folder is predicted again (8-fold TTA, the card's
+normalisation and output shift) by the fold model that never trained on it, and turned into
+instances with every candidate of a small grid (split none/distance, minimum size, threshold).
+For each candidate it prints the per-fold mean CTC SEG (per frame, then over the fold's frames)
+and the share of predicted objects that touch no reference cell, over all frames and over the
+frames whose annotation is complete (:func:`unetseg.data.targets.partial_frames`: a frame with
+fewer than half the median number of annotated cells is partial, and its unannotated cells
+count as false objects there although they are cells). The candidates are not chosen on these
+same frames here: read the table as a cross-validated comparison, not a tuned result. Ends with
+one JSON line per candidate and the CPU's flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import numpy as np  # noqa: E402
+
+from unetseg.data.targets import partial_frames  # noqa: E402
+from unetseg.inference import Predictor, predict_array  # noqa: E402
+from unetseg.io import read_image  # noqa: E402
+from unetseg.metrics.ctc import seg_score  # noqa: E402
+from unetseg.postprocess import instances_from_probabilities  # noqa: E402
+from unetseg.runtime import cpu_flags  # noqa: E402
+
+
+def held_out(cv: Path, data: Path, sequence: str) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+    """(fold, frame, class probabilities, reference labels) of every held-out frame."""
+    out = []
+    for fold in sorted(cv.glob("fold*")):
+        predictor = Predictor.from_path(fold)
+        for f in sorted((fold / "held_out").glob("*.tif")):
+            frame = f.stem.split("_t")[-1]
+            fg = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="prob", tta=True)
+            gt = read_image(data / f"{sequence}_GT" / "SEG" / f"man_seg{frame}.tif")
+            out.append((int(fold.name[4:]), frame, np.stack([1.0 - fg, fg]), gt))
+    return out
+
+
+def false_objects(gt: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """(predicted objects touching no reference cell, predicted objects)."""
+    ids = np.unique(labels[labels > 0])
+    touching = np.unique(labels[(labels > 0) & (gt > 0)])
+    return len(ids) - len(touching), len(ids)
+
+
+def score(frames, split: str, min_size: int, threshold: float) -> dict:
+    partial = dict(zip([f for _, f, _, _ in frames], partial_frames([gt for *_, gt in frames])))
+    per_fold: dict[int, list[float]] = {}
+    false_all = [0, 0]
+    false_complete = [0, 0]
+    for fold, frame, probs, gt in frames:
+        labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size)
+        per_fold.setdefault(fold, []).append(seg_score(gt, labels))
+        bad, n = false_objects(gt, labels)
+        false_all = [false_all[0] + bad, false_all[1] + n]
+        if not partial[frame]:
+            false_complete = [false_complete[0] + bad, false_complete[1] + n]
+    folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
+    return {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
+            "seg_mean": round(float(np.mean(folds)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
+            "partial_frames": sorted(f for f, p in partial.items() if p)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cv", type=Path, required=True, help="an `unetseg cv` folder of a HeLa recipe")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "DIC-C2DH-HeLa")
+    ap.add_argument("--sequence", default="01")
+    ap.add_argument("--split", nargs="+", default=["none", "distance"])
+    ap.add_argument("--min-size", nargs="+", type=int, default=[50, 150])
+    ap.add_argument("--threshold", nargs="+", type=float, default=[0.5, 0.6])
+    args = ap.parse_args(argv)
+    frames = held_out(args.cv, args.data, args.sequence)
+    for split, min_size, threshold in itertools.product(args.split, args.min_size, args.threshold):
+        r = score(frames, split, min_size, threshold)
+        fa, fc = r["false_objects"], r["false_objects_complete_frames"]
+        print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f}; "
+              f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
+              f"({fc[0] / max(fc[1], 1):.3f})", flush=True)
+        print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
