@@ -20,7 +20,7 @@ from .errors import DiskFullError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, directory: bool = False, expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path that is renamed to ``path`` when the block succeeds.
 
     Parameters
@@ -29,6 +29,9 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         Final destination. Its parent folder must exist.
     directory : bool
         Yield a temporary *folder* (for zarr stores) instead of a file name.
+    expected_bytes : int, optional
+        About how much the output takes, named in the error if the disk fills up (for outputs
+        whose size is known only roughly: compressed arrays, packages, graphs).
 
     Yields
     ------
@@ -75,8 +78,9 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         else:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
+            need = f"needs about {expected_bytes} bytes, " if expected_bytes else ""
             raise DiskFullError(f"{final}: no space left on the device while writing it "
-                                              f"({free_bytes(parent)} bytes free there now)") from exc
+                                f"({need}{free_bytes(parent)} bytes free there now)") from exc
         raise
 
 

@@ -19,6 +19,7 @@ image. :func:`read_ngff_calibration` gives an OME-Zarr input's pixel size to eve
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,7 +231,8 @@ def create_ome_zarr(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any,
     chunks = tuple(1 if i < len(shape) - 2 else min(s, CHUNK) for i, s in enumerate(shape))
     if label_of is not None:
         prepare_label_group(label_of)
-    with atomic_path(path, directory=True) as tmp:
+    total = sum(math.prod(level) for level in shapes) * np.dtype(dtype).itemsize  # uncompressed: at most
+    with atomic_path(path, directory=True, expected_bytes=total) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         names = [a.lower() for a in axes]
         level0 = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0, dimension_names=names)

@@ -356,7 +356,7 @@ def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *
     if suffix == ".zarr":
         import zarr
 
-        with atomic_path(path, directory=True) as tmp:
+        with atomic_path(path, directory=True, expected_bytes=math.prod(shape) * dtype.itemsize) as tmp:  # at most
             if chunks is None:
                 chunks = tuple(min(s, 512) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
             arr = zarr.create_array(store=str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)

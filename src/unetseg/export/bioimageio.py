@@ -289,7 +289,8 @@ def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], 
         np.save(files["test_output"], theirs)
         content["outputs"][0]["test_tensor"]["sha256"] = sha256_of(files["test_output"])
         descr = build(content, root)
-        with atomic_path(out) as target:
+        staged_bytes = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())  # before compression
+        with atomic_path(out, expected_bytes=staged_bytes) as target:
             staged = target.with_suffix(".zip")  # the spec's writer insists on the suffix
             try:
                 save_bioimageio_package(descr, output_path=staged)

@@ -95,7 +95,7 @@ def to_torchscript(network: nn.Module, path: str | os.PathLike, *, side: int) ->
             raise ModelFileError(f"{type(network).__name__} cannot be traced with free tile sizes: {exc}") from exc
     check_graph(lambda x: eager(traced, x), network, side, "torchscript")
     path = Path(path)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path, expected_bytes=parameter_bytes(network)) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit", DeprecationWarning)
         torch.jit.save(traced, str(tmp))
     return path
@@ -110,13 +110,25 @@ def to_onnx(network: nn.Module, path: str | os.PathLike, *, side: int, opset: in
     free = {0: torch.export.Dim("batch", min=1, max=1024)}
     free.update({2 + d: torch.export.Dim(f"s{d}", min=1, max=1 << 16) for d in range(dims)})
     path = Path(path)
-    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with atomic_path(path, expected_bytes=parameter_bytes(network)) as tmp, contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], dynamic_shapes={"x": free}, verbose=False)
         program.save(str(tmp), external_data=False)
         check_graph(onnx_runner(tmp), network, side, "onnx")
     return path
+
+
+def parameter_bytes(network: nn.Module) -> int:
+    """Bytes of a network's parameters and buffers: about the size of its exported graph.
+
+    Examples
+    --------
+    >>> parameter_bytes(nn.Conv2d(1, 2, 3))
+    80
+    """
+    return sum(t.numel() * t.element_size() for t in [*network.parameters(), *network.buffers()])
 
 
 def onnx_runner(path: str | os.PathLike):

@@ -8,7 +8,6 @@ once, so threads never convert it while another runs it).
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,53 +135,75 @@ def block_regions(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]
     return list(itertools.product(*per_axis))
 
 
-def _write_block(block: np.ndarray, target: Any, region: tuple[slice, ...]) -> int:
-    target[region] = block
-    return int(block.nbytes)
+def _write_block(block: np.ndarray, target: Any, region: tuple[slice, ...], queue_name: str, index: int) -> None:
+    """Write one block, then report it (or the error that stopped it) on the client's queue."""
+    from distributed import Queue
+
+    try:
+        target[region] = block
+        report: tuple = (index, int(block.nbytes), None)
+    except Exception as exc:  # handed to the client and raised there
+        report = (index, 0, exc)
+    Queue(queue_name).put(report)
+
+
+def _lost_keys(dask_scheduler: Any, keys: list) -> list:
+    """Keys the scheduler no longer holds, or holds as failed (run on the scheduler)."""
+    return [k for k in keys if k not in dask_scheduler.tasks or dask_scheduler.tasks[k].state == "erred"]
 
 
 def store_on_cluster(result: Any, target: Any, client: Any, *, no_workers_s: float | None = None) -> int:
     """Write the dask array ``result`` into ``target`` on a ``distributed`` cluster; bytes written.
 
-    One task per block computes and writes it, at its own offsets. The client lets go of each
-    block's task the moment it finishes (a done-callback), so a worker that dies afterwards does
-    not make the scheduler redo it; work lost with a dead worker is recomputed by Dask on the
-    workers left. A block whose worker dies in the instant between finishing and being let go is
-    written again, with the same bytes. A cluster with no worker for ``no_workers_s`` seconds
-    (default ``$UNETSEG_DASK_NO_WORKERS_S`` or 60), or a block whose workers kept dying
-    (``KilledWorker``), is a :class:`~unetseg.errors.ClusterError`; the caller's atomic writer then
-    leaves nothing under the final name.
+    One task per block computes and writes it at its own offsets, then reports on a distributed
+    queue. The tasks are fire-and-forget: the scheduler runs each until it is done and then
+    forgets it, so a worker that dies after finishing a block never makes Dask redo it (a block
+    is written twice only if its worker dies between writing and finishing the task); work lost
+    with a dead worker is recomputed on the workers left. A cluster with no worker for
+    ``no_workers_s`` seconds (default ``$UNETSEG_DASK_NO_WORKERS_S`` or 60), or a block the
+    scheduler gave up on (``KilledWorker``: its workers kept dying), is a
+    :class:`~unetseg.errors.ClusterError`; an error inside a block is raised as it was. The
+    caller's atomic writer then leaves nothing under the final name.
     """
     import os
+    import uuid
 
     import dask
-    from distributed.scheduler import KilledWorker
+    from distributed import Queue, fire_and_forget
 
     from ..errors import ClusterError
 
     limit = float(os.environ.get("UNETSEG_DASK_NO_WORKERS_S", NO_WORKERS_S)) if no_workers_s is None else no_workers_s
-    writes = [dask.delayed(_write_block, pure=False)(b, target, r) for b, r in zip(result.to_delayed().ravel(), block_regions(result.chunks))]
-    finished: queue.Queue = queue.Queue()
-    pending = {f.key: f for f in client.compute(writes)}
-    for future in list(pending.values()):
-        future.add_done_callback(finished.put)
-    written, idle = 0, 0.0
-    try:
-        while pending:
-            try:
-                future = finished.get(timeout=_POLL_S)
-            except queue.Empty:
-                idle = 0.0 if client.scheduler_info(n_workers=-1)["workers"] else idle + _POLL_S
-                if idle >= limit:
-                    raise ClusterError(f"{client.scheduler.address}: the Dask cluster has had no worker for {limit:.0f} s "
-                                       f"with {len(pending)} of {len(writes)} blocks left") from None
-                continue
-            idle = 0.0
-            pending.pop(future.key)
-            written += future.result()
-            future.release()
-    except KilledWorker as exc:
-        raise ClusterError(f"{client.scheduler.address}: a block kept killing the workers that ran it ({exc})") from exc
-    finally:
-        client.cancel(list(pending.values()))
-    return written
+    name = f"unetseg-blocks-{uuid.uuid4().hex}"
+    reports = Queue(name, client=client)
+    blocks = list(zip(result.to_delayed().ravel(), block_regions(result.chunks)))
+    futures = client.compute([dask.delayed(_write_block, pure=False)(b, target, r, name, i) for i, (b, r) in enumerate(blocks)])
+    fire_and_forget(futures)
+    keys = [f.key for f in futures]
+    del futures  # the client holds no result, so none is ever recomputed for it
+    done: dict[int, int] = {}
+    idle = 0.0
+    while len(done) < len(blocks):
+        try:
+            index, nbytes, error = reports.get(timeout=_POLL_S)
+        except TimeoutError:
+            idle = 0.0 if client.scheduler_info(n_workers=-1)["workers"] else idle + _POLL_S
+            if idle >= limit:
+                raise ClusterError(f"{client.scheduler.address}: the Dask cluster has had no worker for {limit:.0f} s "
+                                   f"with {len(blocks) - len(done)} of {len(blocks)} blocks left") from None
+            _check_lost(client, reports, done, keys)
+            continue
+        if error is not None:
+            raise error
+        done[index], idle = nbytes, 0.0
+    return sum(done.values())
+
+
+def _check_lost(client: Any, reports: Any, done: dict, keys: list) -> None:
+    """Raise when the scheduler dropped a block that never reported (it gave up on it)."""
+    from ..errors import ClusterError
+
+    lost = client.run_on_scheduler(_lost_keys, keys=[k for i, k in enumerate(keys) if i not in done])
+    if lost and reports.qsize() == 0:
+        raise ClusterError(f"{client.scheduler.address}: the scheduler gave up on {len(lost)} block(s) "
+                           "(their workers kept dying: KilledWorker)")
