@@ -78,10 +78,13 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, expected_by
         else:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
-            need = f"needs about {expected_bytes} bytes, " if expected_bytes else ""
-            raise DiskFullError(f"{final}: no space left on the device while writing it "
-                                f"({need}{free_bytes(parent)} bytes free there now)") from exc
+            raise _disk_full(final, expected_bytes) from exc
         raise
+
+
+def _disk_full(final: Path, expected_bytes: int | None) -> DiskFullError:
+    need = f"needs about {expected_bytes} bytes, " if expected_bytes else ""
+    return DiskFullError(f"{final}: no space left on the device while writing it ({need}{free_bytes(final.parent)} bytes free there now)")
 
 
 def free_bytes(folder: str | os.PathLike) -> int:
