@@ -74,7 +74,7 @@ def test_a_rank_killed_under_max_restarts_resumes_from_the_newest_checkpoint(rec
     resumed = re.findall(r"resuming from \S+ \(step (\d+) of", err)
     assert len(resumed) == 2, err[-3000:]  # both ranks of the restarted group, from the same step
     resumed_at = int(resumed[0])
-    assert resumed[0] == resumed[1] and "took over the lock of a run that ended without releasing it" in err
+    assert resumed[0] == resumed[1]  # (the old rank 0, stopped by torchrun's SIGTERM, released RUN/.lock or left it to take over)
     assert resumed_at % EVERY == 0 and resumed_at >= 5 * EVERY
     # An uninterrupted run resumed from that same checkpoint ends with the same parameters.
     twin = tmp_path / "twin"
