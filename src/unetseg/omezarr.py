@@ -19,6 +19,7 @@ image. :func:`read_ngff_calibration` gives an OME-Zarr input's pixel size to eve
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -74,8 +75,6 @@ def ngff_multiscale(path: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(path)
     for meta_file, key in (("zarr.json", "attributes"), (".zattrs", None)):
         if (path / meta_file).is_file():
-            import json
-
             try:
                 attrs = json.loads((path / meta_file).read_text())
             except (OSError, ValueError):
@@ -124,6 +123,17 @@ def is_label_image_output(path: str | os.PathLike) -> bool:
     return path.parent.name == "labels" and ngff_multiscale(path.parent.parent) is not None
 
 
+def writes_ome_zarr(path: str | os.PathLike) -> bool:
+    """Whether an output path is written as OME-Zarr: ``NAME.ome.zarr``, or an image's label image.
+
+    Examples
+    --------
+    >>> writes_ome_zarr("out/a.ome.zarr"), writes_ome_zarr("out/a.tif")
+    (True, False)
+    """
+    return is_ome_zarr_output(path) or is_label_image_output(path)
+
+
 def _axes(axes: str, calibration: Any) -> list[dict[str, str]]:
     unit = None
     if calibration is not None and calibration.unit in _UM:
@@ -147,9 +157,9 @@ def _scales(axes: str, calibration: Any, levels: int) -> list[list[float]]:
 def multiscales_attrs(axes: str, calibration: Any, levels: int, name: str) -> dict[str, Any]:
     """The ``ome`` attribute of an NGFF 0.5 image group with ``levels`` levels named ``0``, ``1``, ...
 
-    Written as the specification's JSON rather than through ``ome_zarr.writer``: importing that
-    library (it pulls in Dask) costs about 100 MB, a tenth of the memory of a whole 16384^2
-    prediction. The tests validate it with ``ome-zarr-models`` and read it with ``ome_zarr``.
+    Written as the specification's JSON rather than through ``ome_zarr.writer``, so prediction
+    does not import that library and Dask with it. The tests validate it with
+    ``ome-zarr-models`` and read it with ``ome_zarr``.
 
     Examples
     --------

@@ -324,6 +324,28 @@ class _PwriteTarget(_RawFile):
         return RawSource(self.path, self.offset, self.shape, self.dtype)[index]
 
 
+def _preallocate(tmp: Path, suffix: str, shape: tuple[int, ...], dtype: np.dtype, axes: str | None, calibration: Any) -> int:
+    """Write the header of an uncompressed ``.npy`` or TIFF output and size the file (sparse);
+    returns the byte offset of its pixels."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if suffix == ".npy":
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        with open(tmp, "wb") as fh:
+            np.lib.format.write_array_header_2_0(fh, header)
+            offset = fh.tell()
+            fh.truncate(offset + nbytes)
+        return offset
+    import tifffile
+
+    from .imagej import tiff_kwargs
+
+    axes = axes or ("YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else "CZYX")
+    mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, **tiff_kwargs(axes, dtype, nbytes, calibration))
+    offset = int(mm.offset)
+    del mm
+    return offset
+
+
 @contextlib.contextmanager
 def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *, chunks: tuple[int, ...] | None = None,
                   axes: str | None = None, calibration: Any = None):
@@ -353,33 +375,19 @@ def create_writer(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, *
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
         raise InputError(f"{path}: cannot write {suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}")
+    nbytes = math.prod(shape) * dtype.itemsize
     if suffix == ".zarr":
         import zarr
 
-        with atomic_path(path, directory=True, expected_bytes=math.prod(shape) * dtype.itemsize) as tmp:  # at most
+        with atomic_path(path, directory=True, expected_bytes=nbytes) as tmp:  # compressed: at most this
             if chunks is None:
                 chunks = tuple(min(s, 512) if i >= len(shape) - 2 else 1 for i, s in enumerate(shape))
             arr = zarr.create_array(store=str(tmp), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, overwrite=True)
             yield arr
         return
-    ensure_space(path, math.prod(shape) * dtype.itemsize)  # preallocated sparse: refuse now, not at the last band
+    ensure_space(path, nbytes)  # preallocated sparse: refuse now, not at the last band
     with atomic_path(path) as tmp:
-        if suffix == ".npy":
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-            with open(tmp, "wb") as fh:
-                np.lib.format.write_array_header_2_0(fh, header)
-                offset = fh.tell()
-                fh.truncate(offset + math.prod(shape) * dtype.itemsize)
-        else:
-            import tifffile
-
-            from .imagej import tiff_kwargs
-
-            axes = axes or ("YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else "CZYX")
-            kwargs = tiff_kwargs(axes, dtype, math.prod(shape) * dtype.itemsize, calibration)
-            mm = tifffile.memmap(tmp, shape=shape, dtype=dtype, **kwargs)
-            offset = mm.offset
-            del mm
+        offset = _preallocate(tmp, suffix, shape, dtype, axes, calibration)
         target = _PwriteTarget(tmp, offset, shape, dtype)
         try:
             yield target

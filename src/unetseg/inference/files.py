@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..imagej import output_axes, read_calibration, rois_path, write_rois
 from ..io import write_image
 from ..normalize import fit_normalization
-from ..omezarr import create_ome_zarr, is_label_image_output, is_ome_zarr_output
+from ..omezarr import create_ome_zarr, writes_ome_zarr
 from .predictor import CARD, Predictor, as_predictor
 
 OUTPUT_KINDS = ("prob", "mask", "labels")
@@ -225,14 +225,14 @@ def _writer(path: Path, shape: tuple[int, ...], dtype, axes: str, calibration, k
     """The band-by-band writer of an output file: OME-Zarr pyramid, or :func:`unetseg.store.create_writer`."""
     from ..store import create_writer
 
-    if is_ome_zarr_output(path) or is_label_image_output(path):
+    if writes_ome_zarr(path):
         return create_ome_zarr(path, shape, dtype, axes=axes, calibration=calibration, kind=kind)
     return create_writer(path, shape, dtype, axes=axes, calibration=calibration)
 
 
 def _write_labels(path: Path, labels: np.ndarray, axes: str, calibration, rois: bool) -> None:
-    if is_ome_zarr_output(path) or is_label_image_output(path):
-        with create_ome_zarr(path, labels.shape, labels.dtype, axes=axes, calibration=calibration, kind="labels") as level0:
+    if writes_ome_zarr(path):
+        with _writer(path, labels.shape, labels.dtype, axes, calibration, "labels") as level0:
             level0[...] = labels
     else:
         write_image(path, labels, axes=axes, imagej=True, calibration=calibration)

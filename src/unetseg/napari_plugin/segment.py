@@ -5,9 +5,9 @@ The work is :func:`run_job` (no Qt): :func:`unetseg.inference.predict_array`, th
 pixels. A layer backed by dask or zarr (or a multiscale layer, whose full resolution is used) is
 read window by window, and its probabilities or mask are written band by band into an OME-Zarr
 pyramid in the user's cache (``$UNETSEG_CACHE/napari``), added as a multiscale layer: neither
-input nor output of a big image is ever held whole in memory (instance labels are). The widget runs it in a napari thread worker, polls :class:`TileProgress` for its
-progress bar, and Cancel makes the next tile raise :class:`Cancelled`, so a run stops within one
-tile. Errors (a bad model file, an image the model cannot take) become a napari error
+input nor output of a big image is ever held whole in memory (instance labels are). The widget
+runs it in a napari thread worker, polls :class:`TileProgress` for its progress bar, and Cancel
+makes the next tile raise :class:`Cancelled`, so a run stops within one tile. Errors (a bad model file, an image the model cannot take) become a napari error
 notification and the viewer keeps working.
 """
 

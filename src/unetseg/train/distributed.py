@@ -8,6 +8,7 @@ process and every helper here is a no-op.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -153,12 +154,16 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def restarted_by_torchrun() -> bool:
-    """Whether torchrun restarted this process's group after a failure (``--max-restarts``).
+def restarted_by_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """Whether torchrun restarted this process's group after a failure (``--max-restarts``), as
+    its ``TORCHELASTIC_RESTART_COUNT`` says (``env``: default the process environment).
 
     Examples
     --------
-    >>> isinstance(restarted_by_torchrun(), bool)
+    >>> restarted_by_torchrun({}), restarted_by_torchrun({"TORCHELASTIC_RESTART_COUNT": "0"})
+    (False, False)
+    >>> restarted_by_torchrun({"TORCHELASTIC_RESTART_COUNT": "1"})
     True
     """
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    env = os.environ if env is None else env
+    return int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import TrainingError
+from .distributed import from_env
 
 LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> RunLock:
 
 @contextlib.contextmanager
 def held_run_folder(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Create ``run_dir`` and hold its lock for the block, on the main process of a run (``RANK``
-    0 or unset); other ranks of a distributed run share the main process's folder."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    """Create ``run_dir`` and hold its lock for the block, on the main process of a run; other
+    ranks of a distributed run share the main process's folder."""
+    if not from_env().is_main:
         yield
         return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
