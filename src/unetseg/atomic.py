@@ -13,6 +13,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,12 +75,22 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False, expected_by
         os.replace(tmp, final)
     except BaseException as exc:
         if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
         else:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, DiskFullError):
             raise _disk_full(final, expected_bytes) from exc
         raise
+
+
+def _remove_tree(folder: Path, tries: int = 20) -> None:
+    """Remove a temporary folder that a writer's background threads may still add to (zarr's
+    asynchronous stores finish their last chunks after an error): try until it is gone."""
+    for _ in range(tries):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.05)
 
 
 def _disk_full(final: Path, expected_bytes: int | None) -> DiskFullError:
