@@ -150,6 +150,27 @@ def test_multiclass_and_ignore_value():
         TargetConfig(kind="multiclass")
 
 
+def test_border_class_marks_each_objects_rim_and_keeps_interiors_apart():
+    from unetseg.data import card_for_target
+
+    lab = np.zeros((12, 20), np.uint16)
+    lab[2:10, 2:10] = 1
+    lab[2:10, 10:18] = 2  # touching cell 1
+    cfg = TargetConfig(kind="instances", border_class_width=2, unlabeled="background")
+    t, _, _ = make_target(lab, cfg)
+    assert cfg.num_classes == 3 and cfg.names == ["background", "foreground", "border"]
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[2:4, 2:10] == 2).all() and (t[8:10, 11:18] == 2).all()  # rims two pixels wide
+    assert t[6].tolist()[:19] == [0, 0, 2, 2, 1, 1, 1, 1, 2, 2, 0, 2, 2, 1, 1, 1, 2, 2, 0]  # rim, carved line, rim
+    interiors, n = ndimage.label(t == 1)
+    assert n == 2  # the interiors that seed the watershed stay apart
+    assert card_for_target(cfg).border_class == 2
+    with pytest.raises(ConfigError, match="border_class_width"):
+        TargetConfig(kind="binary", border_class_width=2)
+    with pytest.raises(ConfigError, match="border_class_width"):
+        TargetConfig(kind="instances", border_class_width=-1)
+
+
 def test_ignore_far_rule():
     lab = np.zeros((100, 100), np.uint16)
     lab[10:20, 10:20] = 1

@@ -12,6 +12,7 @@ from unetseg.losses import (
     LossConfig,
     binary_cross_entropy,
     build_loss,
+    skeleton_recall_loss,
     soft_dice_loss,
     weighted_cross_entropy,
 )
@@ -117,3 +118,39 @@ def test_loss_is_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = weighted_cross_entropy(logits.bfloat16(), target, weight, mask)
     assert out.dtype == torch.float32
+
+
+def _membrane_batch():
+    target = torch.ones(1, 16, 16, dtype=torch.long)
+    target[0, 7:9, :] = 0  # a horizontal membrane (class 0) two pixels thick
+    sure = torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float() * 20 - 10
+    return target, sure
+
+
+def test_skeleton_recall_counts_the_share_of_the_membrane_line_that_is_broken():
+    target, sure = _membrane_batch()
+    gap = sure.clone()
+    gap[0, :, 7:9, 8] = torch.tensor([-10.0, 10.0])[:, None]  # the membrane is broken in one of 16 columns
+    rise = float(skeleton_recall_loss(gap, target, classes=(0,), smooth=0) - skeleton_recall_loss(sure, target, classes=(0,), smooth=0))
+    assert math.isclose(rise, 1 / 16, abs_tol=0.01)  # whatever the size of the rest of the image
+    wide = torch.cat([gap, sure], -1), torch.cat([target, torch.ones_like(target)], -1)  # twice the cell area
+    assert math.isclose(float(skeleton_recall_loss(*wide, classes=(0,), smooth=0)), rise, abs_tol=0.01)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    mask[0, :, 4:12] = False  # the gap is in ignored pixels: no penalty there
+    assert float(skeleton_recall_loss(gap, target, mask, classes=(0,))) < 1e-3
+    logits = torch.zeros_like(sure, requires_grad=True)
+    skeleton_recall_loss(logits, target, classes=(0,)).backward()
+    assert logits.grad[0, 0, 7:9].abs().sum() > 0 and logits.grad[0, 0, :5].abs().sum() == 0  # only skeleton pixels pull
+
+
+def test_skeleton_term_is_added_by_build_loss_and_checked():
+    target, sure = _membrane_batch()
+    batch = {"target": target}
+    logits = torch.zeros_like(sure)
+    plain = float(build_loss(LossConfig(name="ce"))(logits, batch))
+    both = float(build_loss(LossConfig(name="ce", skeleton_weight=2.0, skeleton_classes=[0]))(logits, batch))
+    assert math.isclose(both, plain + 2.0 * float(skeleton_recall_loss(logits, target, classes=(0,))), rel_tol=1e-6)
+    with pytest.raises(ConfigError, match="skeleton_classes"):
+        build_loss(LossConfig(skeleton_weight=1.0))
+    with pytest.raises(ValueError, match="2D"):
+        skeleton_recall_loss(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 4, 4, 4, dtype=torch.long), classes=(0,))

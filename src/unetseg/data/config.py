@@ -34,6 +34,7 @@ class TargetConfig:
     class_names: tuple[str, ...] | None = None  # default: background, foreground / class_K
     separate_borders: bool = True  # instances: carve a line between touching objects
     border_width: int = 1
+    border_class_width: int = 0  # instances: the outer rim of every object (this many px) is class 2, "border"
     instance_connectivity: int = 1  # binary/multiclass: objects for the weight map = components
     ignore_value: int | None = None  # label value meaning "not annotated" (masked out)
     unlabeled: Literal["auto", "background", "ignore_far", "partial"] = "auto"  # auto: partial for CTC
@@ -46,6 +47,8 @@ class TargetConfig:
             raise ConfigError(f"data.target.class_values: values repeat in {self.class_values}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(f"data.target.class_names: {len(self.class_names)} names for {self.num_classes} classes")
+        if self.border_class_width < 0 or (self.border_class_width and self.kind not in ("instances", "auto")):
+            raise ConfigError(f"data.target.border_class_width: a rim width >= 0 for instance targets, got {self.border_class_width} for {self.kind}")
         if self.border_width < 1:
             raise ConfigError(f"data.target.border_width: must be >= 1, got {self.border_width}")
         if self.unlabeled_margin < 0:
@@ -53,7 +56,9 @@ class TargetConfig:
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_values) if self.kind == "multiclass" and self.class_values else 2
+        if self.kind == "multiclass" and self.class_values:
+            return len(self.class_values)
+        return 3 if self.border_class_width else 2
 
     @property
     def names(self) -> list[str]:
@@ -62,6 +67,8 @@ class TargetConfig:
             return list(self.class_names)
         if self.num_classes == 2:
             return ["background", "foreground"]
+        if self.kind != "multiclass":
+            return ["background", "foreground", "border"]
         return ["background"] + [f"class_{v}" for v in (self.class_values or ())[1:]]
 
 

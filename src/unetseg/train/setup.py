@@ -106,7 +106,7 @@ def check_model_config(cfg: TrainConfig, config_path: str | os.PathLike | None =
     target = cfg.data.target
     args = dict(cfg.model.args)
     args.setdefault("in_channels", cfg.data.in_channels or 1)
-    args.setdefault("num_classes", len(target.class_values) if target.kind == "multiclass" and target.class_values else 2)
+    args.setdefault("num_classes", target.num_classes)
     if cfg.model.arch == "UNet":
         args.setdefault("spatial_dims", cfg.data.spatial_dims)
     try:
