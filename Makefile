@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,napari]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,export,napari,fast]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -91,8 +91,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` (``fp32`` gives a no-op context)."""
-    if precision == "fp32":
+    """Autocast context for ``precision`` (``fp32``, and ``int8`` whose network casts itself, give a no-op context)."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)

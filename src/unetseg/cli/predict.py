@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                   help="forward pass: PyTorch, or ONNX Runtime (CPU, fp32; needs the export extra)")
+    p.add_argument("--backend", default="torch", choices=["torch", "compile", "int8", "onnxruntime"],
+                   help="forward pass: PyTorch; torch.compile (inductor, compiles once per tile shape); int8 (CPU, quantised "
+                        "after calibration on the first inputs, needs the fast extra); or ONNX Runtime (CPU, fp32; needs the export extra)")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ome-zarr", "ctc"],
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..inference import EnsemblePredictor, Predictor, model_paths
+    from ..inference.files import calibration_images
 
     if args.tile is not None and args.tile < 1:
         raise ConfigError(f"--tile {args.tile}: expected a positive size")
@@ -133,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision, backend=args.backend)
     else:
         predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision, backend=args.backend)
+    if args.backend == "int8":  # activation ranges from the first inputs (the model file holds no images)
+        predictor.calibrate(calibration_images(predictor, files[:2], channel=args.channel))
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
         for path, target in tqdm(list(zip(files, targets)), unit="file", desc="files", position=0, disable=None):

@@ -77,6 +77,11 @@ class EnsemblePredictor(Predictor):
         mean = tuple(float(v) for v in np.mean(shifts, axis=0))
         self.card = replace(first.card, output_shift=mean if any(mean) else None)
 
+    def calibrate(self, images) -> None:
+        """Calibrate every member's ``int8`` backend on ``images``."""
+        for member in self.members:
+            member.calibrate(images)
+
     @classmethod
     def from_path(cls, path: str | os.PathLike, **kwargs) -> Predictor:
         """A Predictor for one model, an EnsemblePredictor for a cross-validation folder."""

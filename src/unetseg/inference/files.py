@@ -130,6 +130,19 @@ def predict_file(
     return output_path
 
 
+def calibration_images(predictor: Predictor, paths: list, *, channel: int | None = None, max_side: int = 1024) -> list[np.ndarray]:
+    """The first view of each image file in ``paths``, normalised as ``predictor``'s card says and
+    cropped to at most ``max_side`` per axis: what an ``int8`` backend calibrates on."""
+    from ..store import open_source
+
+    out = []
+    for path in paths:
+        view = image_views(open_source(Path(path)), predictor, str(path), channel=channel)[0]
+        window = np.asarray(view[(slice(None), *(slice(0, min(n, max_side)) for n in view.shape[1:]))])
+        out.append(fit_normalization(view, predictor.card.normalization)(window))
+    return out
+
+
 def predict_array(
     model: Any,
     image: Any,

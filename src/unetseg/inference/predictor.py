@@ -49,9 +49,13 @@ class Predictor:
         Memory format of the network's copy (``auto``: channels-last on CUDA and in 2D).
     card : ModelCard, optional
         The card of a module (a model file brings its own).
-    backend : {"torch", "onnxruntime"}
-        Where the forward pass runs (:mod:`unetseg.inference.backends`); ``onnxruntime`` is
-        CPU and fp32 only (``precision`` is then ignored) and needs the ``export`` extra.
+    backend : {"torch", "compile", "int8", "onnxruntime"}
+        Where the forward pass runs (:mod:`unetseg.inference.backends`): eager PyTorch,
+        ``torch.compile`` (same precision), int8 (CPU; ``precision`` becomes ``"int8"``; needs
+        the ``fast`` extra), or ONNX Runtime (CPU and fp32; needs the ``export`` extra).
+    calibration : list of arrays, optional
+        ``int8`` only: ``(channels, *spatial)`` images, normalised as the model expects, that
+        calibrate the activation ranges (tiles of the training images are the right choice).
 
     Examples
     --------
@@ -66,7 +70,7 @@ class Predictor:
 
     def __init__(self, model_or_path: nn.Module | str | os.PathLike, *, device: str | torch.device | None = None,
                  precision: str = "auto", channels_last: bool | str = "auto", card: ModelCard | None = None,
-                 backend: str = "torch"):
+                 backend: str = "torch", calibration: Sequence[np.ndarray] | None = None):
         if isinstance(model_or_path, Predictor):
             model_or_path, card = model_or_path.network, card or model_or_path.card
         if isinstance(model_or_path, nn.Module):
@@ -84,17 +88,22 @@ class Predictor:
         bound = getattr(module, "standalone_backend", None)  # a foreign package's graph: runs as it is, in fp32
         self.backend = bound or backend
         self.spatial_dims = int(getattr(module, "spatial_dims", 2))
-        if bound is None and backend == "torch":
+        if bound is None and backend in ("torch", "compile"):
             self.precision = resolve_precision(precision, self.device)
             use_cl = resolve_channels_last(channels_last, self.device, self.spatial_dims)
-        else:  # ONNX Runtime computes in fp32 on contiguous arrays
-            self.precision, use_cl = "fp32", False
+        else:  # ONNX Runtime computes in fp32, int8 in int8, both on contiguous arrays
+            self.precision, use_cl = "int8" if backend == "int8" and bound is None else "fp32", False
         self.memory_format = memory_format(self.device, self.spatial_dims) if use_cl else torch.contiguous_format
-        self.network = prepared_copy(module if bound else backend_network(module, backend, self.device), self.device,
-                                     self.memory_format)
+        network = prepared_copy(module, self.device, self.memory_format)
+        self.network = network if bound else backend_network(network, backend, self.device, calibration)
         self.card = card
         if self.device.type == "cpu":
             configure_allocator()
+
+    def calibrate(self, images: Sequence[np.ndarray]) -> None:
+        """Calibrate an ``int8`` backend on ``images`` (``(channels, *spatial)``, normalised); other backends need none."""
+        if hasattr(self.network, "set_calibration"):
+            self.network.set_calibration(list(images))
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
