@@ -49,8 +49,9 @@ from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.models import load_with_config  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
 from unetseg.train.setup import steps_for_budget, train_from_config  # noqa: E402
-from unetseg.predict import dihedral_transforms  # noqa: E402
 from unetseg.train.validate import predict_probs  # noqa: E402
+
+from monai_baseline import predict_monai, train_monai  # noqa: E402
 
 KEYS = ("pixel_error", "v_rand", "warping_error", "warping_error_splits_mergers", "pixel_error_f1", "v_info")
 
@@ -113,83 +114,9 @@ def run_ours(args, val_items) -> dict:
 
 
 def run_monai(args, train_items, val_items, tag: str | None = None) -> dict:
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
-    from monai.networks.nets import BasicUNet
-
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
-    model = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(32, 32, 64, 128, 256, 32))
-    device = torch.device("cpu")
-    precision = args.monai_precision
-    # the memory format that is faster for training, by the same rule as ours: channels-last under
-    # bf16 autocast; contiguous in fp32, where channels-last slows backward convolutions on CPUs like this one
-    fmt = torch.channels_last if runtime.training_channels_last("auto", device, precision) else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    images = [it.image[0] for it in train_items]
-    labels = [(it.target > 0).astype(np.int64) for it in train_items]
-    crop, batch = 256, 4
-
-    def sample():
-        xs, ys = [], []
-        for _ in range(batch):
-            i = int(rng.integers(len(images)))
-            h, w = images[i].shape
-            y0, x0 = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-            x = images[i][y0 : y0 + crop, x0 : x0 + crop]
-            y = labels[i][y0 : y0 + crop, x0 : x0 + crop]
-            k = int(rng.integers(4))
-            x, y = np.rot90(x, k), np.rot90(y, k)
-            if rng.random() < 0.5:
-                x, y = x[:, ::-1], y[:, ::-1]
-            if rng.random() < 0.5:
-                x, y = x[::-1], y[::-1]
-            xs.append(np.ascontiguousarray(x))
-            ys.append(np.ascontiguousarray(y))
-        return (torch.from_numpy(np.stack(xs)[:, None]).contiguous(memory_format=fmt),
-                torch.from_numpy(np.stack(ys)[:, None]))
-
-    budget = args.minutes * 60
-    t0 = time.perf_counter()
-    step, losses = 0, []
-    model.train()
-    while time.perf_counter() - t0 < budget:
-        x, y = sample()
-        with runtime.autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if step % 25 == 0:
-            el = time.perf_counter() - t0
-            print(f"[monai] step {step} loss {np.mean(losses[-25:]):.4f} {step / el:.3f} steps/s {el / 60:.1f} min", flush=True)
-    train_s = time.perf_counter() - t0
-    model.eval()
-
-    def predictor(t):
-        with runtime.autocast(device, precision):
-            return model(t.contiguous(memory_format=fmt)).float()
-
+    model, train_s, step = train_monai(args, train_items)
     t1 = time.perf_counter()
-    probs = []
-    with torch.no_grad():
-        for it in val_items:
-            acc = None
-            x = torch.from_numpy(it.image[0])[None, None]
-            for k, flip in dihedral_transforms(2):  # the same 8 transforms as unetseg's TTA
-                t = torch.flip(x, dims=(-1,)) if flip else x
-                t = torch.rot90(t, k, dims=(-2, -1)).contiguous()
-                logits = sliding_window_inference(t, (crop, crop), 4, predictor, overlap=0.25, mode="gaussian")
-                p = torch.softmax(logits, 1)[:, 1:]
-                p = torch.rot90(p, -k, dims=(-2, -1))
-                p = (torch.flip(p, dims=(-1,)) if flip else p)[0, 0].numpy()
-                acc = p if acc is None else acc + p
-            probs.append(acc / 8)
+    probs = predict_monai(model, val_items, args.monai_precision)
     pred_s = time.perf_counter() - t1
     res = score(probs, val_items)
     res.update(train_minutes=train_s / 60, steps=step, predict_s=pred_s)
