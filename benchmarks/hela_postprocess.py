@@ -5,7 +5,8 @@
 
 Each held-out frame of the ``unetseg cv`` folder is predicted again (8-fold TTA, the card's
 normalisation and output shift) by the fold model that never trained on it, and turned into
-instances with every candidate of a small grid (split none/distance, minimum size, threshold).
+instances with every candidate of a small grid (split none/distance, or border for a recipe with
+a border class, minimum size, threshold).
 For each candidate it prints the per-fold mean CTC SEG (per frame, then over the fold's frames)
 and the share of predicted objects that touch no reference cell, over all frames and over the
 frames whose annotation is complete (:func:`unetseg.data.targets.partial_frames`: a frame with
@@ -43,9 +44,9 @@ def held_out(cv: Path, data: Path, sequence: str) -> list[tuple[int, str, np.nda
         predictor = Predictor.from_path(fold)
         for f in sorted((fold / "held_out").glob("*.tif")):
             frame = f.stem.split("_t")[-1]
-            fg = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="prob", tta=True)
-            gt = read_image(data / f"{sequence}_GT" / "SEG" / f"man_seg{frame}.tif")
-            out.append((int(fold.name[4:]), frame, np.stack([1.0 - fg, fg]), gt))
+            prob = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="prob", tta=True)
+            gt = read_image(data / f"{sequence}_GT" / "SEG" / f"man_seg{frame}.tif")  # 2 classes: the cell map alone
+            out.append((int(fold.name[4:]), frame, np.stack([1.0 - prob, prob]) if prob.ndim == 2 else prob, gt))
     return out
 
 
@@ -62,7 +63,8 @@ def score(frames, split: str, min_size: int, threshold: float) -> dict:
     false_all = [0, 0]
     false_complete = [0, 0]
     for fold, frame, probs, gt in frames:
-        labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size)
+        labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
+                                              border_class=2 if probs.shape[0] == 3 else None)
         per_fold.setdefault(fold, []).append(seg_score(gt, labels))
         bad, n = false_objects(gt, labels)
         false_all = [false_all[0] + bad, false_all[1] + n]
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cv", type=Path, required=True, help="an `unetseg cv` folder of a HeLa recipe")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "DIC-C2DH-HeLa")
     ap.add_argument("--sequence", default="01")
-    ap.add_argument("--split", nargs="+", default=["none", "distance"])
+    ap.add_argument("--split", nargs="+", default=["none", "distance"], help="none, distance; border for a 3-class (border) recipe")
     ap.add_argument("--min-size", nargs="+", type=int, default=[50, 150])
     ap.add_argument("--threshold", nargs="+", type=float, default=[0.5, 0.6])
     args = ap.parse_args(argv)

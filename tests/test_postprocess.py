@@ -61,6 +61,21 @@ def test_border_channel_watershed_and_3class_instances():
         instances_from_probabilities(prob, split="border")
 
 
+def test_border_split_seeds_from_confident_interiors_not_from_an_uncertain_gap():
+    # Two cells whose contact is uncertain (each class ~1/3): "not border" would join both seeds
+    # through the contact; seeds from confident interiors keep the cells apart.
+    prob = np.zeros((3, 12, 25), np.float32)
+    prob[0] = 1.0
+    for x0 in (2, 13):
+        prob[:, 2:10, x0 : x0 + 10] = np.array([0.0, 0.2, 0.8])[:, None, None]  # a rim of border
+        prob[:, 4:8, x0 + 2 : x0 + 8] = np.array([0.0, 0.9, 0.1])[:, None, None]  # a confident interior
+    prob[:, 4:8, 10:15] = np.array([0.34, 0.33, 0.33])[:, None, None]  # the uncertain contact between them
+    labels = instances_from_probabilities(prob, split="border", border_class=2, threshold_value=0.5)
+    assert labels.max() == 2 and labels[6, 5] != labels[6, 18]
+    old_rule = watershed_split(prob[1] + prob[2] > 0.5, border=prob[2])  # seeds = "border < 0.5"
+    assert old_rule.max() == 1  # what the seeds from confident interiors fix
+
+
 def test_small_object_removal_and_sequential_labels():
     labels = np.zeros((10, 10), np.int32)
     labels[0:3, 0:3] = 5

@@ -122,6 +122,7 @@ def watershed_split(
     min_distance: int = 3,
     h: float = 1.0,
     connectivity: int = 1,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split touching objects of ``mask`` by a marker-controlled watershed.
 
@@ -131,12 +132,15 @@ def watershed_split(
         Foreground.
     border : ndarray of float, optional
         Probability of "object border" (a border class of a 3-class model): markers are the
-        connected parts of ``mask`` where ``border < 0.5``, flooded over ``border``. Without it,
+        connected parts of ``seeds`` inside ``mask`` (default: where ``border < 0.5``), flooded
+        over ``border``. Without it,
         markers are maxima of the distance transform of ``mask`` rising at least ``h`` pixels
         over their surroundings (``h = 0``: plain local maxima in a ``2 * min_distance + 1`` window),
         flooded over the negated distance.
     connectivity : int
         Neighbourhood of the watershed and the markers.
+    seeds : ndarray of bool, optional
+        With ``border``: the confident object interiors that seed one object each.
 
     Returns
     -------
@@ -161,7 +165,8 @@ def watershed_split(
         border = np.asarray(border, dtype=np.float32)
         if border.shape != mask.shape:
             raise InputError(f"border map of shape {border.shape} does not match the mask {mask.shape}")
-        markers, _ = ndi.label(mask & (border < 0.5), structure=structure)
+        inner = (border < 0.5) if seeds is None else np.asarray(seeds, dtype=bool)
+        markers, _ = ndi.label(mask & inner, structure=structure)
         surface = border
     else:
         distance = ndi.distance_transform_edt(mask)
@@ -200,8 +205,9 @@ def instances_from_probabilities(
     Foreground is ``prob[foreground_class] > threshold_value``. ``split``: ``"none"`` (connected
     components), ``"distance"`` (watershed on the distance transform) or ``"border"`` (a 3-class
     model with a border class: objects are ``interior + border > threshold_value``, seeded by
-    their parts with ``border < 0.5`` and flooded over the border probability). Objects under
-    ``min_size`` pixels are removed.
+    the connected interiors ``prob[foreground_class] > threshold_value`` of at least
+    ``min_size`` pixels and flooded over the border probability). Objects under ``min_size``
+    pixels are removed.
 
     Examples
     --------
@@ -219,7 +225,11 @@ def instances_from_probabilities(
             raise ConfigError(f"split 'border' needs a border_class other than the foreground among the {prob.shape[0]} classes (got {border_class!r})")
         # Objects are interior plus their border; markers are the interiors the border separates.
         mask = threshold(np.clip(prob[foreground_class] + prob[border_class], 0, 1), threshold_value)
-        labels = watershed_split(mask, border=prob[border_class], connectivity=connectivity)
+        # Seeds are confident interiors, not merely "not border": pixels that are neither cell nor
+        # border with confidence (the gap between two cells) would otherwise join two cells' seeds.
+        seeds = remove_small_objects(connected_components(threshold(prob[foreground_class], threshold_value),
+                                                          connectivity=connectivity), min_size) > 0
+        labels = watershed_split(mask, border=prob[border_class], seeds=seeds, connectivity=connectivity)
         return remove_small_objects(labels, min_size) if min_size > 1 else as_label_image(labels)
     mask = threshold(prob[foreground_class], threshold_value)
     if split == "none":
