@@ -60,19 +60,21 @@ def false_objects(gt: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
 def score(frames, split: str, min_size: int, threshold: float) -> dict:
     partial = dict(zip([f for _, f, _, _ in frames], partial_frames([gt for *_, gt in frames])))
     per_fold: dict[int, list[float]] = {}
+    per_object: list[float] = []  # each frame's SEG once per reference object: SEG pooled as `unetseg cv` pools it
     false_all = [0, 0]
     false_complete = [0, 0]
     for fold, frame, probs, gt in frames:
         labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
                                               border_class=2 if probs.shape[0] == 3 else None)
         per_fold.setdefault(fold, []).append(seg_score(gt, labels))
+        per_object += [per_fold[fold][-1]] * len(np.unique(gt[gt > 0]))
         bad, n = false_objects(gt, labels)
         false_all = [false_all[0] + bad, false_all[1] + n]
         if not partial[frame]:
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
     return {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
-            "seg_mean": round(float(np.mean(folds)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
+            "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
 
 
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     for split, min_size, threshold in itertools.product(args.split, args.min_size, args.threshold):
         r = score(frames, split, min_size, threshold)
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
-        print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f}; "
+        print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
               f"({fc[0] / max(fc[1], 1):.3f})", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
