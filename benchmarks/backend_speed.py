@@ -19,6 +19,14 @@ a trained model (whose width then replaces ``--width``). Ends with one JSON line
 flags.
 
     .venv/bin/python benchmarks/backend_speed.py [--width 64] [--tile 700] [--repeats 3] [--backends ...]
+
+``--predictor SIZE`` measures the product path instead: ``Predictor(network, backend=...,
+precision=...).predict`` of a SIZE x SIZE synthetic EM image (overlap-tile, the tile from the
+memory budget) for the Predictor's backends (``torch`` fp32, ``torch`` at ``precision: auto``,
+``compile`` at ``auto``, ``int8`` calibrated on two other synthetic images), with the same
+first-call / best-time / agreement columns against ``torch`` fp32.
+
+    .venv/bin/python benchmarks/backend_speed.py --predictor 512
 """
 
 from __future__ import annotations
@@ -118,6 +126,39 @@ def measure(name: str, net, tile: torch.Tensor, calibration: torch.Tensor, repea
     return {"first_s": round(first, 2), "best_s": round(min(times), 4), "max_prob_diff": diff, "mask_agreement": agree}, prob
 
 
+PREDICTOR_BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-auto": ("torch", "auto"), "compile-auto": ("compile", "auto"),
+                      "int8": ("int8", "fp32")}
+
+
+def predictor_mode(net: torch.nn.Module, size: int, repeats: int) -> dict:
+    """End-to-end ``Predictor.predict`` of a ``size`` x ``size`` image with each Predictor backend."""
+    from unetseg.inference import Predictor
+
+    images = em_tiles(size, 3, seed=1)[:, 0].numpy()
+    image, calibration = images[0], [im[None] for im in images[1:]]
+    results, reference = {}, None
+    for name, (backend, precision) in PREDICTOR_BACKENDS.items():
+        t = time.perf_counter()
+        predictor = Predictor(net, device="cpu", precision=precision, backend=backend,
+                              calibration=calibration if backend == "int8" else None)
+        prob = predictor.predict(image)[-1]
+        first = time.perf_counter() - t
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            predictor.predict(image)
+            times.append(time.perf_counter() - t)
+        reference = prob if reference is None else reference
+        results[name] = {"precision": predictor.precision, "first_s": round(first, 2), "best_s": round(min(times), 4),
+                         "max_prob_diff": float(np.abs(prob - reference).max()),
+                         "mask_agreement": float(((prob > 0.5) == (reference > 0.5)).mean())}
+        r = results[name]
+        print(f"{name:13s} ({r['precision']}) first call {r['first_s']:7.2f} s   predict {r['best_s']:.3f} s   "
+              f"{results['torch-fp32']['best_s'] / r['best_s']:.2f}x torch fp32   max |dp| {r['max_prob_diff']:.4f}   "
+              f"mask agreement {r['mask_agreement']:.5f}", flush=True)
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=64, help="base channels of the random-weight network (the paper's: 64)")
@@ -126,12 +167,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calibration-tiles", type=int, default=4)
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--predictor", type=int, default=0, metavar="SIZE", help="measure Predictor.predict of a SIZE x SIZE image per backend")
     args = ap.parse_args(argv)
     runtime.configure_threads()
     runtime.configure_allocator()
     torch.manual_seed(0)
     net = load(args.model) if args.model else UNet(1, 2, base_channels=args.width, dropout=0.0)
     net = net.eval()
+    if args.predictor:
+        print(f"threads {torch.get_num_threads()}  torch {torch.__version__}  cpu {runtime.cpu_flags()}", flush=True)
+        results = predictor_mode(net, args.predictor, args.repeats)
+        print(json.dumps({"predictor_image": args.predictor, "width": None if args.model else args.width, "model": args.model,
+                          "cpu_flags": runtime.cpu_flags(), "results": results}))
+        return 0
     tiles = em_tiles(args.tile, 1 + args.calibration_tiles)
     tile, calibration = tiles[:1], tiles[1:]
     flags = runtime.cpu_flags()
