@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ class Int8Network(nn.Module):
         self.calibration = [np.asarray(c, np.float32) for c in calibration or ()]
         self.max_tiles = int(max_tiles)
         self._graphs: dict[tuple[int, ...], Any] = {}
+        self._building = threading.Lock()  # Dask threads share one Predictor: build each shape's graph once
 
     def set_calibration(self, images: list[np.ndarray]) -> None:
         """Calibrate on ``images`` from now on (graphs built so far are dropped)."""
@@ -148,9 +150,10 @@ class Int8Network(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
-        if key not in self._graphs:
-            with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
-                self._graphs[key] = self._graph(x)
+        with self._building:
+            if key not in self._graphs:
+                with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
+                    self._graphs[key] = self._graph(x)
         with torch.autocast("cpu", enabled=False), _frozen():
             return self._graphs[key](x.float().contiguous()).float()
 
