@@ -54,12 +54,14 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override KEY=VALUE")
     ap.add_argument("--out", default="/tmp/unetseg-hela")
     args = ap.parse_args()
+    three_class = load_train_config(args.config, args.overrides).data.target.border_class_width > 0
+    splits = ("border", "none") if three_class else SPLITS  # a border class: seeded by interiors, or plain components
 
     _, pairs = discover(args.data)
     pairs = [p for p in pairs if p.label is not None]
     by_name = {p.name: p for p in pairs}
     out = Path(args.out)
-    rows, preds, gts = [], {s: [] for s in SPLITS}, []
+    rows, preds, gts = [], {s: [] for s in splits}, []
     t0 = time.monotonic()
     steps = None
     for i, held in enumerate(folds_of([p.name for p in pairs], args.folds)):
@@ -75,38 +77,39 @@ def main() -> int:
         cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
         run = out / f"fold{i}"
         result = train_from_config(cfg, run, config_path=args.config)
-        fold = {s: [] for s in SPLITS}
+        fold = {s: [] for s in splits}
         for name in held:
             prob_path = out / f"fold{i}-{name}-prob.tif"  # the cell-class map, as `unetseg predict` writes it
             predict_file(run, by_name[name].image, prob_path, output="prob", tta=not args.no_tta)
-            cell = read_image(prob_path)
-            prob = np.stack([1.0 - cell, cell])
-            for split in SPLITS:
-                labels = instances_from_probabilities(prob, split=split, min_size=args.min_size)
+            cell = read_image(prob_path)  # the cell map alone for two classes, every class for three
+            prob = cell if cell.ndim == 3 else np.stack([1.0 - cell, cell])
+            for split in splits:
+                labels = instances_from_probabilities(prob, split=split, min_size=args.min_size,
+                                                      border_class=2 if prob.shape[0] == 3 else None)
                 fold[split].append(labels)
                 write_image(out / f"fold{i}-{name}-labels-{split}.tif", labels)
             gts.append(read_image(by_name[name].label))
         fold_gts = np.stack(gts[-len(held):])
-        segs = {s: evaluate_ctc(np.stack(fold[s]), fold_gts)["seg"]["value"] for s in SPLITS}
+        segs = {s: evaluate_ctc(np.stack(fold[s]), fold_gts)["seg"]["value"] for s in splits}
         rows.append((i, held, result.step, segs))
-        for s in SPLITS:
+        for s in splits:
             preds[s] += fold[s]
-    scored = {s: evaluate_ctc(np.stack(preds[s]), np.stack(gts)) for s in SPLITS}
-    pooled = {s: scored[s]["seg"]["value"] for s in SPLITS}
-    unmatched = {s: scored[s]["unmatched_fraction"]["value"] for s in SPLITS}
+    scored = {s: evaluate_ctc(np.stack(preds[s]), np.stack(gts)) for s in splits}
+    pooled = {s: scored[s]["seg"]["value"] for s in splits}
+    unmatched = {s: scored[s]["unmatched_fraction"]["value"] for s in splits}
 
     print(f"DIC-HeLa leave-frames-out CV: {len(pairs)} annotated frames, {args.folds} folds, "
           f"{args.minutes:g} min training per fold, TTA {'off' if args.no_tta else '8-fold'}, "
           f"objects < {args.min_size} px removed")
-    print(f"{'fold':<6}{'held-out frames':<40}{'steps':>8}" + "".join(f"{'SEG ' + s:>16}" for s in SPLITS))
+    print(f"{'fold':<6}{'held-out frames':<40}{'steps':>8}" + "".join(f"{'SEG ' + s:>16}" for s in splits))
     for i, held, nsteps, segs in rows:
-        print(f"{i:<6}{', '.join(held):<40}{nsteps:>8}" + "".join(f"{segs[s]:>16.4f}" for s in SPLITS))
-    print("pooled SEG over all reference objects: " + ", ".join(f"{pooled[s]:.4f} (split {s})" for s in SPLITS)
+        print(f"{i:<6}{', '.join(held):<40}{nsteps:>8}" + "".join(f"{segs[s]:>16.4f}" for s in splits))
+    print("pooled SEG over all reference objects: " + ", ".join(f"{pooled[s]:.4f} (split {s})" for s in splits)
           + "  (paper, 2015 test set: 0.7756)")
-    print("predicted objects overlapping no reference cell: " + ", ".join(f"{unmatched[s]:.1%} (split {s})" for s in SPLITS)
+    print("predicted objects overlapping no reference cell: " + ", ".join(f"{unmatched[s]:.1%} (split {s})" for s in splits)
           + "  (issue target <= 5%)")
-    print(json.dumps({"seg_pooled": {s: round(pooled[s], 4) for s in SPLITS},
-                      "unmatched_fraction": {s: round(unmatched[s], 4) for s in SPLITS}, "folds": args.folds,
+    print(json.dumps({"seg_pooled": {s: round(pooled[s], 4) for s in splits},
+                      "unmatched_fraction": {s: round(unmatched[s], 4) for s in splits}, "folds": args.folds,
                       "minutes_per_fold": args.minutes, "steps_per_fold": steps,
                       "total_minutes": round((time.monotonic() - t0) / 60, 1)}))
     return 0
