@@ -103,14 +103,15 @@ def reference_labels(item: Any, protocol: str) -> np.ndarray:
     return pages[int(page.group(1)) if page and len(pages) > 1 else 0]
 
 
-def predict_held_out(run_dir: Path, items: list[Any], protocol: str, *, tta: bool = True, split: str | None = None,
+def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tta: bool = True, split: str | None = None,
                      min_size: int | None = None) -> list[np.ndarray]:
     """Foreground probabilities (semantic protocols) or instance labels (ctc, instances) of ``items``
-    (``split``/``min_size``: the card's ``postprocess`` unless given)."""
+    (``split``/``min_size``: the card's ``postprocess`` unless given); ``run_dir`` may also be a
+    :class:`~unetseg.inference.Predictor` (any backend)."""
     from .inference import Predictor
     from .postprocess import instances_from_probabilities
 
-    predictor = Predictor.from_path(run_dir)
+    predictor = run_dir if isinstance(run_dir, Predictor) else Predictor.from_path(run_dir)
     card = predictor.card
     post = card.postprocess
     split, min_size = (post.split if split is None else split), (post.min_size if min_size is None else min_size)
@@ -125,7 +126,8 @@ def predict_held_out(run_dir: Path, items: list[Any], protocol: str, *, tta: boo
     return out
 
 
-def _evaluate(protocol: str, preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, Any]:
+def evaluate_predictions(protocol: str, preds: list[np.ndarray], gts: list[np.ndarray]) -> dict[str, Any]:
+    """The protocol's ``metrics.json`` content for predictions of :func:`predict_held_out` and their references."""
     from .evaluate import run_protocol
 
     if len({p.shape for p in preds}) > 1:  # images of several sizes: score one at a time, pool the mean
@@ -168,7 +170,7 @@ def cross_validate(cfg: TrainConfig, out: str | os.PathLike, *, folds: int, conf
         preds = predict_held_out(run, items, protocol, split=split, min_size=min_size)
         _save_held_out(run / "held_out", items, preds)
         gts = [reference_labels(it, protocol) for it in items]
-        metrics = _evaluate(protocol, preds, gts)
+        metrics = evaluate_predictions(protocol, preds, gts)
         result.folds.append({"fold": k, "held_out": held, "steps": trained.step, "status": trained.status, **headline(metrics, protocol)})
         log.info("fold %d (%s): %s", k, ", ".join(held), headline(metrics, protocol))
         all_preds += preds
@@ -198,7 +200,7 @@ def _write_pooled(out: Path, protocol: str, preds, gts, items, folds) -> dict[st
         images = np.stack([np.asarray(it.image)[0] for it in items])
         return evaluate_to_folder(protocol, np.stack(preds), np.stack(gts), out, images=images, names=[it.name for it in items],
                                   extra={"cv": {"folds": folds}})
-    pooled = _evaluate(protocol, preds, gts)
+    pooled = evaluate_predictions(protocol, preds, gts)
     write_metrics(out, {**pooled, "cv": {"folds": folds}})
     return pooled
 

@@ -38,9 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
-    p.add_argument("--backend", default="torch", choices=["torch", "compile", "int8", "onnxruntime"],
+    p.add_argument("--backend", default="torch", choices=["torch", "compile", "int8", "onnxruntime", "auto"],
                    help="forward pass: PyTorch; torch.compile (inductor, compiles once per tile shape); int8 (CPU, quantised "
-                        "after calibration on the first inputs, needs the fast extra); or ONNX Runtime (CPU, fp32; needs the export extra)")
+                        "after calibration on the run's training images, or the first inputs; needs the fast extra); ONNX Runtime "
+                        "(CPU, fp32; needs the export extra); auto: int8 where `unetseg check-backend RUN` passed, else PyTorch")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ome-zarr", "ctc"],
@@ -50,6 +51,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ignore the output shift calibrated in training (the model card's output_shift)")
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help="segment with Dask: 'threads' or a distributed scheduler address")
     p.set_defaults(func=run)
+
+
+def _calibration(predictor, models: list[Path], files: list[Path], channel: int | None) -> list:
+    """What int8 calibrates on: the run's training images where they can be read (as its accuracy
+    check did), else the first inputs (a model file holds no images)."""
+    from ..backend_check import training_images
+    from ..errors import UnetsegError
+    from ..inference.files import calibration_images
+
+    if len(models) == 1 and Path(models[0]).is_dir() and (Path(models[0]) / "config.yaml").is_file():
+        try:
+            return training_images(models[0])
+        except UnetsegError as exc:
+            log.info("int8 calibrates on the inputs: the run's training images cannot be read (%s)", exc)
+    return calibration_images(predictor, files[:2], channel=channel)
 
 
 def _collect(inputs: list[str]) -> list[Path]:
@@ -118,7 +134,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..inference import EnsemblePredictor, Predictor, model_paths
-    from ..inference.files import calibration_images
 
     if args.tile is not None and args.tile < 1:
         raise ConfigError(f"--tile {args.tile}: expected a positive size")
@@ -135,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision, backend=args.backend)
     else:
         predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision, backend=args.backend)
-    if args.backend == "int8":  # activation ranges from the first inputs (the model file holds no images)
-        predictor.calibrate(calibration_images(predictor, files[:2], channel=args.channel))
+    if predictor.backend == "int8":
+        predictor.calibrate(_calibration(predictor, paths, files, args.channel))
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)
     try:
         for path, target in tqdm(list(zip(files, targets)), unit="file", desc="files", position=0, disable=None):
