@@ -15,25 +15,10 @@ from unetseg.cli import main
 from unetseg.errors import ConfigError
 from unetseg.inference import Predictor
 
-RECIPE = """
-model: {{arch: UNet, args: {{depth: 2, base_channels: 4, dropout: 0.0}}}}
-train_data: {{path: {data}, select: ["00", "01"]}}
-val_data: {{path: {data}, select: ["02"]}}
-data: {{target: {{kind: binary, foreground_value: 255, class_names: [membrane, cell]}}}}
-schedule: {{steps: 4}}
-validation: {{every: 0}}
-runtime: {{device: cpu, precision: fp32, threads: 1}}
-tile: [28, 28]
-"""
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, make_em_dataset):
+def run(tmp_path_factory, make_em_dataset, tiny_run):
     root = tmp_path_factory.mktemp("check")
-    data = make_em_dataset(root / "data", n=3, size=64)
-    (root / "recipe.yaml").write_text(RECIPE.format(data=data))
-    assert main(["train", "--config", str(root / "recipe.yaml"), "--out", str(root / "run"), "--no-progress"]) == 0
-    return root / "run"
+    return tiny_run(root, make_em_dataset(root / "data", n=3, size=64), val=["02"])
 
 
 @pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile on a CPU needs a C++ compiler")

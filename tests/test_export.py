@@ -27,24 +27,12 @@ from unetseg.io import read_image  # noqa: E402
 from unetseg.normalize import normalize  # noqa: E402
 from unetseg.models import ModelCard, UNet, load, load_card  # noqa: E402
 
-RECIPE = """
-model: {{arch: UNet, args: {{depth: 2, base_channels: 4, dropout: 0.0}}}}
-train_data: {{path: {data}}}
-data: {{target: {{kind: binary, foreground_value: 255, class_names: [membrane, cell]}}}}
-schedule: {{steps: 4}}
-validation: {{every: 0}}
-runtime: {{device: cpu, precision: fp32, threads: 1}}
-tile: [28, 28]
-"""
-
-
 @pytest.fixture(scope="module")
-def package(tmp_path_factory, make_em_dataset):
+def package(tmp_path_factory, make_em_dataset, tiny_run):
     """A model trained here for a few steps and its bioimage.io package (made once: ONNX export is slow)."""
     root = tmp_path_factory.mktemp("export")
     data = make_em_dataset(root / "data", n=2, size=64)
-    (root / "recipe.yaml").write_text(RECIPE.format(data=data))
-    assert main(["train", "--config", str(root / "recipe.yaml"), "--out", str(root / "run"), "--no-progress"]) == 0
+    tiny_run(root, data)
     assert main(["export", str(root / "run"), "--out", str(root / "m.zip"), "--author", "Ada Lovelace"]) == 0
     return root / "run", root / "m.zip", data
 
