@@ -146,7 +146,10 @@ class Int8Network(nn.Module):
         prepared = prepare_pt2e(exported, quantizer)
         for batch in self.calibration_tiles(tuple(x.shape)) or [example]:
             prepared(batch)
-        return torch.compile(convert_pt2e(prepared), dynamic=False)
+        graph = torch.compile(convert_pt2e(prepared), dynamic=False)
+        with _frozen():  # compile now, inside the caller's lock: torch.compile is lazy
+            graph(example)
+        return graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         key = tuple(x.shape)
