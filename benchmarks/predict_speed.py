@@ -197,7 +197,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=8, help="base channels of every network compared")
+    ap.add_argument("--width", type=int, default=64, help="base channels of every network compared (the paper's: 64)")
     ap.add_argument("--size", type=int, default=4096, help="side of the in-memory test image")
     ap.add_argument("--tile", type=int, default=772, help="output tile side of unetseg (valid U-Net)")
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
@@ -254,6 +254,7 @@ def main(argv=None) -> int:
         "size": args.size,
         "tile": args.tile,
         "big": args.big,
+        "cpu_flags": runtime.cpu_flags(),
     }))
     return 0
 
