@@ -63,20 +63,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cv", type=Path, required=True, help="an unetseg cv folder of an ISBI recipe")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "isbi2012")
-    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS), help="fp32 always runs first, as the reference")
     ap.add_argument("--tta", action="store_true", help="8-fold TTA (the cv scores use it; slower)")
     args = ap.parse_args(argv)
     if not args.data.exists():
         print(json.dumps({"skipped": f"{args.data} not found"}))
         return 0
     data = sections(args.data)
-    reference = None
-    for name in args.backends:
+    reference: dict = {}
+    for name in ["fp32"] + [b for b in args.backends if b != "fp32"]:  # fp32 first: the reference
         maps, truth, seconds = run_backend(name, args.cv, data, args.tta)
         res = evaluate_isbi2012(maps, truth)
         scores = {k: round(float(res[k]["value"]), 5) for k in KEYS}
-        reference = reference or (scores if name == "fp32" else None)
-        delta = {k: round(scores[k] - reference[k], 5) for k in KEYS} if reference else None
+        reference = scores if name == "fp32" else reference
+        delta = {k: round(scores[k] - reference[k], 5) for k in KEYS}
         print(json.dumps({"backend": name, **scores, "change_vs_fp32": delta, "first_section_s": round(seconds[0], 2),
                           "warm_s_per_section": round(float(np.median(seconds[1:])), 3), "sections": len(seconds),
                           "tta": args.tta, **cpu_flags()}), flush=True)

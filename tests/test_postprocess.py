@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unetseg.errors import ConfigError
+from unetseg.errors import ConfigError, InputError
 from unetseg.postprocess import (
     as_label_image,
     connected_components,
@@ -72,8 +72,11 @@ def test_border_split_seeds_from_confident_interiors_not_from_an_uncertain_gap()
     prob[:, 4:8, 10:15] = np.array([0.34, 0.33, 0.33])[:, None, None]  # the uncertain contact between them
     labels = instances_from_probabilities(prob, split="border", border_class=2, threshold_value=0.5)
     assert labels.max() == 2 and labels[6, 5] != labels[6, 18]
-    old_rule = watershed_split(prob[1] + prob[2] > 0.5, border=prob[2])  # seeds = "border < 0.5"
+    mask = prob[1] + prob[2] > 0.5
+    old_rule = watershed_split(mask, border=prob[2], seeds=prob[2] < 0.5)  # the earlier seeds: "not border"
     assert old_rule.max() == 1  # what the seeds from confident interiors fix
+    with pytest.raises(InputError, match="seeds"):
+        watershed_split(mask, border=prob[2])
 
 
 def test_small_object_removal_and_sequential_labels():

@@ -13,7 +13,6 @@ weights it measured (their sha256); new weights need a new check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,11 +26,9 @@ RESULTS = "backends.json"
 
 def weights_digest(run_dir: Path) -> str:
     """sha256 of the run's ``model.safetensors`` (what a check result belongs to)."""
-    digest = hashlib.sha256()
-    with open(run_dir / "model.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .fetch import sha256_file
+
+    return sha256_file(run_dir / "model.safetensors")
 
 
 def passes(reference: dict[str, float], candidate: dict[str, float]) -> bool:
@@ -48,39 +45,40 @@ def passes(reference: dict[str, float], candidate: dict[str, float]) -> bool:
     return bool(checked) and all(abs(candidate[k] - reference[k]) <= TOLERANCE[k] + 1e-12 for k in checked)
 
 
-def _splits(run_dir: Path):
+def _run_data(run_dir: Path, *, with_val: bool):
+    """(training items, validation split or None) of a run, as its ``config.yaml`` selects them
+    (one read of a folder that holds both)."""
     from .train.config import load_train_config
     from .train.setup import load_split
 
     config = run_dir / "config.yaml"
     cfg = load_train_config(config)
-    if cfg.val_data is None or not cfg.val_data.path:
+    if with_val and (cfg.val_data is None or not cfg.val_data.path):
         raise ConfigError(f"{config}: the run has no val_data; the accuracy rule needs labelled validation images")
     cache: dict = {}
-    val = load_split(cfg.val_data, cfg, config, "val_data", cache=cache)
     train = load_split(cfg.train_data, cfg, config, "train_data", cache=cache)
-    return val, train.items
+    return train.items, (load_split(cfg.val_data, cfg, config, "val_data", cache=cache) if with_val else None)
 
 
 def check_backend(run_dir: str | os.PathLike, backend: str = "int8", *, tta: bool = False, calibration_images: int = 2) -> dict[str, Any]:
     """Score ``backend`` against fp32 on the run's validation images; write and return ``RUN/backends.json``'s entry."""
+    import torch
+
     from .atomic import atomic_path
     from .cv import PROTOCOL_HEADLINES, evaluate_predictions, predict_held_out, reference_labels
     from .inference import Predictor
     from .runtime import cpu_flags
 
     run_dir = Path(run_dir)
-    val, train_items = _splits(run_dir)
+    train_items, val = _run_data(run_dir, with_val=True)
     protocol = "ctc" if val.target.kind == "instances" else "isbi2012"
     gts = [reference_labels(it, protocol) for it in val.items]
-    calibration = [it.image for it in train_items[:calibration_images]]  # as training_images() gives them
+    calibration = [it.image for it in train_items[:calibration_images]]  # what training_images() gives predict
     scores = {}
     for name, kwargs in (("fp32", {"precision": "fp32"}), (backend, {"backend": backend, "calibration": calibration})):
         predictor = Predictor.from_path(run_dir, device="cpu", **kwargs)
         metrics = evaluate_predictions(protocol, predict_held_out(predictor, val.items, protocol, tta=tta), gts)
         scores[name] = {k: float(metrics[k]["value"]) for k in PROTOCOL_HEADLINES[protocol] if k in metrics}
-    import torch
-
     entry = {"reference": scores["fp32"], "metrics": scores[backend], "passed": passes(scores["fp32"], scores[backend]),
              "tolerance": {k: v for k, v in TOLERANCE.items() if k in scores["fp32"]}, "protocol": protocol,
              "images": [it.name for it in val.items], "tta": tta, "weights_sha256": weights_digest(run_dir),
@@ -105,12 +103,7 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def training_images(run_dir: str | os.PathLike, count: int = 2) -> list:
     """The first ``count`` training images of a run, normalised (what its int8 check calibrated on)."""
-    from .train.config import load_train_config
-    from .train.setup import load_split
-
-    config = Path(run_dir) / "config.yaml"
-    cfg = load_train_config(config)
-    return [it.image for it in load_split(cfg.train_data, cfg, config, "train_data").items[:count]]
+    return [it.image for it in _run_data(Path(run_dir), with_val=False)[0][:count]]
 
 
 def auto_backend(model_path: str | os.PathLike, device_type: str) -> str:

@@ -132,15 +132,15 @@ def watershed_split(
         Foreground.
     border : ndarray of float, optional
         Probability of "object border" (a border class of a 3-class model): markers are the
-        connected parts of ``seeds`` inside ``mask`` (default: where ``border < 0.5``), flooded
-        over ``border``. Without it,
+        connected parts of ``seeds`` inside ``mask``, flooded over ``border``. Without it,
         markers are maxima of the distance transform of ``mask`` rising at least ``h`` pixels
         over their surroundings (``h = 0``: plain local maxima in a ``2 * min_distance + 1`` window),
         flooded over the negated distance.
     connectivity : int
         Neighbourhood of the watershed and the markers.
     seeds : ndarray of bool, optional
-        With ``border``: the confident object interiors that seed one object each.
+        With ``border`` (required there): the confident object interiors that seed one object
+        each. "Not border" is no seed: an uncertain contact between two objects would join them.
 
     Returns
     -------
@@ -165,8 +165,9 @@ def watershed_split(
         border = np.asarray(border, dtype=np.float32)
         if border.shape != mask.shape:
             raise InputError(f"border map of shape {border.shape} does not match the mask {mask.shape}")
-        inner = (border < 0.5) if seeds is None else np.asarray(seeds, dtype=bool)
-        markers, _ = ndi.label(mask & inner, structure=structure)
+        if seeds is None or np.shape(seeds) != mask.shape:
+            raise InputError(f"a border-flooded watershed needs seeds of the mask's shape {mask.shape}")
+        markers, _ = ndi.label(mask & np.asarray(seeds, dtype=bool), structure=structure)
         surface = border
     else:
         distance = ndi.distance_transform_edt(mask)
