@@ -3,6 +3,7 @@ graphs equal to eager PyTorch, packages read back without unpickling, bad packag
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def test_package_describes_the_valid_unet_and_carries_what_consumers_read(packag
     assert rdf["cite"][0]["doi"] == "10.1007/978-3-319-24574-4_28" and rdf["authors"] == [{"name": "Ada Lovelace"}]
     assert rdf["config"]["unetseg"]["card"]["classes"] == ["membrane", "cell"]
     assert names == {"rdf.yaml", *listed_files(rdf)}  # nothing a consumer does not read
+    assert rdf["config"]["unetseg"]["weights"] == "onnx" and "attachments" not in rdf  # the weights once per format
+    with zipfile.ZipFile(zip_path) as z:
+        weight_bytes = sum(z.getinfo(w["source"]).file_size for w in rdf["weights"].values())
+        assert sum(i.file_size for i in z.infolist()) < weight_bytes + 200_000
     from PIL import Image
 
     w, h = Image.open(io.BytesIO(cover)).size
@@ -138,9 +143,23 @@ def _only_state_dict(desc):
     return desc
 
 
-def _point_model_file_at_pickle(desc):
-    desc["config"]["unetseg"]["model_file"] = "weights.pt"
+def _read_the_pickle(desc):
+    desc["config"]["unetseg"]["weights"] = "pytorch_state_dict"
     return desc
+
+
+def _config_narrower_than_graph(desc):
+    """A description that agrees with itself but not with the tensors in its ONNX graph."""
+    desc["config"]["unetseg"]["args"]["base_channels"] = 8
+    desc["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["base_channels"] = 8
+    return desc
+
+
+def _matching_sha(member: str, data: bytes):
+    def edit(desc):
+        desc["weights"]["onnx"]["sha256"] = hashlib.sha256(data).hexdigest()
+        return desc
+    return edit
 
 
 def _other_width(desc):
@@ -153,8 +172,10 @@ def _other_width(desc):
     ("missing", "missing from the package"),
     ("sha", "sha256"),
     ("foreign", "pytorch_state_dict is a pickle and is never loaded"),
-    ("pickle", "must be a listed .safetensors"),
+    ("pickle", "pytorch_state_dict and torchscript are pickles and are never loaded"),
     ("mismatch", "base_channels"),
+    ("graph", "weights.onnx: tensor inc.0.weight has shape"),
+    ("corrupt", "weights.onnx: not an ONNX model"),
 ])
 def test_bad_packages_are_refused_naming_the_file(package, tmp_path, case, match):
     src, bad = package[1], tmp_path / f"{case}.zip"
@@ -166,11 +187,15 @@ def test_bad_packages_are_refused_naming_the_file(package, tmp_path, case, match
                 if name != "cover.png":
                     out.writestr(name, z.read(name))
     elif case == "sha":
-        _rewrite(src, bad, replace={"unetseg-model.safetensors": b"not the model"})
+        _rewrite(src, bad, replace={"weights.onnx": b"not the model"})
     elif case == "foreign":
         _rewrite(src, bad, rdf=_only_state_dict)
     elif case == "pickle":
-        _rewrite(src, bad, rdf=_point_model_file_at_pickle)
+        _rewrite(src, bad, rdf=_read_the_pickle)
+    elif case == "graph":
+        _rewrite(src, bad, rdf=_config_narrower_than_graph)
+    elif case == "corrupt":
+        _rewrite(src, bad, replace={"weights.onnx": b"not the model"}, rdf=_matching_sha("weights.onnx", b"not the model"))
     else:
         _rewrite(src, bad, rdf=_other_width)
     with pytest.raises(ModelFileError, match=match) as err:

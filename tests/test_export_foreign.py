@@ -25,18 +25,17 @@ from unetseg.synthetic import em_membranes  # noqa: E402
 
 
 def _strip(src: Path, dst: Path, keep: tuple[str, ...] = ("torchscript", "onnx"), edit=None) -> Path:
-    """``src`` as another tool would have written it: no config.unetseg, no unetseg model file."""
+    """``src`` as another tool would have written it: no config.unetseg."""
     with zipfile.ZipFile(src) as z:
         rdf = yaml.safe_load(z.read("rdf.yaml"))
         rdf.pop("config", None)
-        rdf.pop("attachments", None)
         rdf["weights"] = {k: v for k, v in rdf["weights"].items() if k in keep}
         for w in rdf["weights"].values():
             w.pop("parent", None)
         rdf = edit(rdf) if edit else rdf
         with zipfile.ZipFile(dst, "w") as out:
             for name in z.namelist():
-                if name not in ("rdf.yaml", "unetseg-model.safetensors") and not (
+                if name != "rdf.yaml" and not (
                         name.startswith("weights") and not any(rdf["weights"].get(k, {}).get("source") == name for k in keep)):
                     out.writestr(name, z.read(name))
             out.writestr("rdf.yaml", yaml.safe_dump(rdf))

@@ -66,6 +66,25 @@ def test_segment_widget_equals_unetseg_predict(make_napari_viewer, qtbot, model_
     assert (widget.last_layer._type_string == "labels") == (output == "labels")
 
 
+def test_a_bioimageio_package_segments_in_napari_as_its_model_does(make_napari_viewer, qtbot, model_file, tmp_path):
+    """A package exported by unetseg, opened in the napari widget, gives the model file's labels."""
+    pytest.importorskip("bioimageio.spec", reason="needs the export extra (make test installs it)")
+    from unetseg.export import export_bioimageio
+
+    package = export_bioimageio(model_file, tmp_path / "m.zip", authors=["test"])
+    viewer = make_napari_viewer()
+    image, _ = em_section(shape=(120, 140))
+    layer = viewer.add_image(image, name="em")
+    widget = SegmentWidget(viewer)
+    widget.image.reset_choices()
+    widget.image.value = layer
+    _segment(qtbot, widget, model=package, output="labels", tile=36)
+    write_image(tmp_path / "em.tif", image)
+    assert main(["predict", "--model", str(model_file), "--device", "cpu", "--output", "labels", "--tile", "36",
+                 str(tmp_path / "em.tif"), "--out", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(widget.last_layer.data, read_image(tmp_path / "out" / "em.tif"))
+
+
 def test_cancel_stops_within_one_tile(make_napari_viewer, qtbot, model_file):
     viewer = make_napari_viewer()
     layer = viewer.add_image(em_section(shape=(600, 600))[0], name="big")

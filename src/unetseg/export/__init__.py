@@ -64,13 +64,13 @@ def export_torchscript(model_or_path, out: str | os.PathLike) -> Path:
     return graphs.to_torchscript(network, Path(out), side=graphs.trace_side(network))
 
 
-def _require(*modules: str) -> None:
+def _require(*modules: str, purpose: str = "export") -> None:
     import importlib.util
 
     missing = [m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None
                or ("." in m and importlib.util.find_spec(m) is None)]
     if missing:
-        raise ConfigError(f"export needs {', '.join(missing)}: pip install 'unetseg[export]'")
+        raise ConfigError(f"{purpose} needs {', '.join(missing)}: pip install 'unetseg[export]'")
 
 
 __all__ = ["FORMATS", "export_bioimageio", "export_model", "export_onnx", "export_torchscript"]

@@ -16,18 +16,18 @@
   consumer's preprocessing is what is tested), checked against unetseg's prediction first;
 - a cover (input | probability, 2:1), a README, the U-Net citation, licence and authors;
 - ``config.unetseg``: the model card (output shift, post-processing, provenance: what the
-  description cannot express) and the unetseg model file, attached as safetensors, which
-  is what ``unetseg predict --model NAME.zip`` loads (:mod:`unetseg.export.package`): the
-  consumers' ``.pt`` state dict is a pickle and unetseg never unpickles.
+  description cannot express), the architecture and its arguments, and ``weights: onnx``:
+  ``unetseg predict --model NAME.zip`` (:mod:`unetseg.export.package`) reads the network's
+  tensors from the ONNX graph's initializers (a protobuf, written unoptimised so each keeps
+  its state-dict name), never from the consumers' ``.pt`` state dict, which is a pickle. So
+  the package holds each weight format once, each read by a consumer, and no fourth copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import ModelFileError
+from ..fetch import sha256_file
 from ..models.card import ModelCard, card_to_dict
 from . import graphs, readme
 
@@ -45,16 +46,7 @@ log = logging.getLogger(__name__)
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 UNET_CITATION = {"text": "Ronneberger, O., Fischer, P., Brox, T.: U-Net: Convolutional Networks for Biomedical Image "
                          "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241", "doi": "10.1007/978-3-319-24574-4_28"}
-MODEL_FILE = "unetseg-model.safetensors"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+UNETSEG_READS = "onnx"  # the weight format unetseg itself loads from a package (no pickle)
 
 
 def identifier(name: str) -> str:
@@ -125,15 +117,14 @@ def postprocessing(num_classes: int) -> list[dict[str, Any]]:
     return [{"id": "sigmoid"}] if num_classes == 1 else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
 
 
-def write_weights(network: torch.nn.Module, model_file: Path, root: Path, side: int) -> dict[str, Path]:
-    """The three weight formats and the unetseg model file, in ``root``."""
+def write_weights(network: torch.nn.Module, root: Path, side: int) -> dict[str, Path]:
+    """The three weight formats, in ``root``."""
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     files = {"pytorch_state_dict": root / "weights.pt", "torchscript": root / "weights_torchscript.pt",
-             "onnx": root / "weights.onnx", "unetseg": root / MODEL_FILE}
+             "onnx": root / "weights.onnx"}
     torch.save(state, files["pytorch_state_dict"])  # what consumers load (torch.load, weights_only)
     graphs.to_torchscript(network, files["torchscript"], side=side)
     graphs.to_onnx(network, files["onnx"], side=side)
-    shutil.copyfile(model_file, files["unetseg"])
     return files
 
 
@@ -182,7 +173,7 @@ def description(*, name: str, text: str, authors: list[str], license: str, card:
     dims = int(getattr(network, "spatial_dims", 2))
     in_axes, out_axes = tensor_axes(network, card)
     version = torch.__version__.split("+")[0]
-    weight = {k: {"source": files[k].name, "sha256": sha256_of(files[k])} for k in ("pytorch_state_dict", "torchscript", "onnx")}
+    weight = {k: {"source": files[k].name, "sha256": sha256_file(files[k])} for k in ("pytorch_state_dict", "torchscript", "onnx")}
     weight["pytorch_state_dict"].update(architecture={"callable": meta["arch"], "import_from": "unetseg.models",
                                                       "kwargs": dict(meta["args"])},
                                         pytorch_version=version, dependencies={"source": files["environment"].name})
@@ -197,8 +188,7 @@ def description(*, name: str, text: str, authors: list[str], license: str, card:
         "outputs": [{"id": OUTPUT_ID, "axes": out_axes, "test_tensor": {"source": files["test_output"].name},
                      "data": {"type": "float32", "range": [0.0, 1.0]}, "postprocessing": postprocessing(len(card.classes))}],
         "weights": weight,
-        "attachments": [{"source": files["unetseg"].name, "sha256": sha256_of(files["unetseg"])}],
-        "config": {"unetseg": {"model_file": files["unetseg"].name, "card": card_to_dict(card), "arch": meta["arch"],
+        "config": {"unetseg": {"weights": UNETSEG_READS, "card": card_to_dict(card), "arch": meta["arch"],
                                "args": dict(meta["args"]), "unetseg_version": meta.get("unetseg_version")}},
     }
 
@@ -258,7 +248,7 @@ def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], 
                    sample: np.ndarray | None, seed: int) -> Path:
     from bioimageio.spec import save_bioimageio_package
 
-    from ..models import load_with_config, model_file
+    from ..models import load_with_config
 
     network, meta = load_with_config(source)
     network.eval()
@@ -269,7 +259,7 @@ def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], 
     name = name or f"unetseg {meta['arch']} {' '.join(card.classes)}"
     with tempfile.TemporaryDirectory(prefix="unetseg-export-") as tmp:
         root = Path(tmp)
-        files = write_weights(network, model_file(source), root, side)
+        files = write_weights(network, root, side)
         files.update(test_input=root / "test_input.npy", test_output=root / "test_output.npy", readme=root / "README.md",
                      cover=root / "cover.png", environment=root / "environment.yaml")
         np.save(files["test_input"], raw)
@@ -287,7 +277,7 @@ def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], 
         theirs = consumer_prediction(build(content, root), raw)
         _check_same(ours, theirs)
         np.save(files["test_output"], theirs)
-        content["outputs"][0]["test_tensor"]["sha256"] = sha256_of(files["test_output"])
+        content["outputs"][0]["test_tensor"]["sha256"] = sha256_file(files["test_output"])
         descr = build(content, root)
         staged_bytes = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())  # before compression
         with atomic_path(out, expected_bytes=staged_bytes) as target:

@@ -103,7 +103,13 @@ def to_torchscript(network: nn.Module, path: str | os.PathLike, *, side: int) ->
 
 def to_onnx(network: nn.Module, path: str | os.PathLike, *, side: int, opset: int = ONNX_OPSET) -> Path:
     """Export ``network`` (a copy in eval mode, CPU, fp32) to ONNX (dynamo exporter, free batch and spatial sizes);
-    checked with onnxruntime."""
+    checked with onnxruntime.
+
+    The graph is written unoptimised, so every parameter and buffer is an initializer under
+    its state-dict name with its exact values (the exporter's optimiser would fold biases and
+    batch norm into constants named ``val_N``): :func:`onnx_state_dict` reads the weights back
+    without a pickle. ONNX Runtime optimises the graph itself when it loads it.
+    """
     network = _frozen(network)
     example = example_input(network, side, batch=2)
     dims = int(getattr(network, "spatial_dims", 2))
@@ -114,10 +120,33 @@ def to_onnx(network: nn.Module, path: str | os.PathLike, *, side: int, opset: in
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(network, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes={"x": free}, verbose=False)
+                                    output_names=[OUTPUT_NAME], dynamic_shapes={"x": free}, verbose=False,
+                                    optimize=False)
         program.save(str(tmp), external_data=False)
         check_graph(onnx_runner(tmp), network, side, "onnx")
     return path
+
+
+def onnx_state_dict(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    """The initializers of a serialised ONNX graph as named tensors (a protobuf: nothing is unpickled).
+
+    Examples
+    --------
+    >>> import onnx
+    >>> w = onnx.numpy_helper.from_array(np.ones((2, 3), np.float32), "inc.0.weight")
+    >>> model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], initializer=[w]))
+    >>> {k: tuple(v.shape) for k, v in onnx_state_dict(model.SerializeToString(), "w.onnx").items()}
+    {'inc.0.weight': (2, 3)}
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load_model_from_string(data).graph
+    except (DecodeError, ValueError) as exc:
+        raise ModelFileError(f"{where}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    return {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
 
 
 def parameter_bytes(network: nn.Module) -> int:

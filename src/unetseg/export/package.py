@@ -1,12 +1,14 @@
 """Reading bioimage.io packages back: ``unetseg predict --model NAME.zip``.
 
-A package that unetseg exported carries the unetseg model file (safetensors) as an attachment
-named in ``config.unetseg``; that file is what is loaded, after every check below, so nothing in
-a package is ever unpickled (the ``pytorch_state_dict`` weights of bioimage.io are pickles:
-they are never loaded, ours or anyone's). Refused, with one line naming the file: a member path
+A package that unetseg exported names its architecture, arguments and model card in
+``config.unetseg``, and ``weights: onnx``: the network is rebuilt from those and its tensors are
+read from the ONNX graph's initializers (a protobuf), after every check below, so nothing in a
+package is ever unpickled (the ``pytorch_state_dict`` weights of bioimage.io are pickles: they
+are never loaded, ours or anyone's). Refused, with one line naming the file: a member path
 that escapes the package (absolute or ``..``), a file the description names that is missing,
-a sha256 that does not match, a description that is not a 0.5 model, and a model file whose
-architecture or classes differ from the description.
+a sha256 that does not match, a description that is not a 0.5 model, ``config.unetseg`` asking
+for weights other than the ONNX graph, and weights, arguments or classes that differ from the
+description.
 
 Packages made by other tools (no ``config.unetseg``) pass the same file checks and are run from
 their ``onnx`` or ``torchscript`` weights with overlap-tile planned from their declared sizes
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -106,11 +107,12 @@ def _check_files(archive: zipfile.ZipFile, rdf: dict[str, Any], where: Path) -> 
 def load_package(path: str | os.PathLike, *, device: str = "cpu", backend: str = "torch"):
     """The network and model config (as :func:`unetseg.models.load_with_config`) of a package.
 
-    A package unetseg exported gives back its unetseg model file; any other 0.5 package a
-    :class:`~unetseg.export.foreign.PackageNetwork` running its onnx (``backend="onnxruntime"``,
-    or when it has no torchscript) or torchscript weights.
+    A package unetseg exported gives back its network (tensors from the ONNX graph) and card;
+    any other 0.5 package a :class:`~unetseg.export.foreign.PackageNetwork` running its onnx
+    (``backend="onnxruntime"``, or when it has no torchscript) or torchscript weights.
     """
-    from ..models import load_with_config
+    from ..models import with_state
+    from . import _require, graphs
     from .foreign import check_axes, load_foreign
 
     where = Path(path)
@@ -119,29 +121,50 @@ def load_package(path: str | os.PathLike, *, device: str = "cpu", backend: str =
     ours = (rdf.get("config") or {}).get("unetseg")
     with zipfile.ZipFile(where) as archive:
         _check_files(archive, rdf, where)
-        if not isinstance(ours, dict) or "model_file" not in ours:
+        if not isinstance(ours, dict):
             import torch
 
             return load_foreign(where, rdf, archive, backend=backend, threads=torch.get_num_threads())
-        member = str(ours["model_file"])
-        if not member.endswith(".safetensors") or listed_files(rdf).get(member) is None:
-            raise ModelFileError(f"{where}: config.unetseg.model_file {member!r} must be a listed .safetensors attachment with a sha256")
-        with tempfile.TemporaryDirectory(prefix="unetseg-package-") as tmp:
-            target = Path(tmp) / "model.safetensors"
-            target.write_bytes(archive.read(member))
-            network, meta = load_with_config(target, device=device)
-    _check_matches(rdf, meta, where)
-    return network, meta
+        meta = _our_config(rdf, ours, where)
+        member = _our_weights(rdf, ours, where)
+        _require("onnx", purpose="reading a bioimage.io package")
+        state = graphs.onnx_state_dict(archive.read(member), f"{where}: {member}")
+    # the exporter leaves out batch norm's step counter, which inference never reads
+    network = with_state(meta, state, where=f"{where}: {member}", may_lack=("num_batches_tracked",))
+    return network.to(device), meta
 
 
-def _check_matches(rdf: dict[str, Any], meta: dict[str, Any], where: Path) -> None:
-    """The attached model file is the network the description describes."""
+def _our_weights(rdf: dict[str, Any], ours: dict[str, Any], where: Path) -> str:
+    """The package member unetseg reads its tensors from: the ONNX graph, listed with a sha256."""
+    if "model_file" in ours:
+        raise ModelFileError(f"{where}: made by an earlier unetseg (a safetensors attachment); export the model again")
+    if ours.get("weights") != "onnx":
+        raise ModelFileError(f"{where}: config.unetseg.weights is {ours.get('weights')!r}; unetseg reads its own packages' "
+                             "tensors only from the onnx weights (pytorch_state_dict and torchscript are pickles and are never loaded)")
+    member = str(((rdf.get("weights") or {}).get("onnx") or {}).get("source", ""))
+    if not member or listed_files(rdf).get(member) is None:
+        raise ModelFileError(f"{where}: the onnx weights must be listed with a sha256")
+    return member
+
+
+def _our_config(rdf: dict[str, Any], ours: dict[str, Any], where: Path) -> dict[str, Any]:
+    """``config.unetseg`` as a model config (``arch``, ``args``, typed ``card``), checked against the description."""
+    from ..errors import ConfigError
+    from ..models import card_from_dict
+
+    if not isinstance(ours.get("arch"), str) or not isinstance(ours.get("args"), dict):
+        raise ModelFileError(f"{where}: config.unetseg needs 'arch' (a name) and 'args' (an object)")
+    try:
+        card = card_from_dict(ours.get("card"), where="config.unetseg.card")
+    except ConfigError as exc:
+        raise ModelFileError(f"{where}: {exc}") from exc
     state = (rdf.get("weights") or {}).get("pytorch_state_dict") or {}
     kwargs = (state.get("architecture") or {}).get("kwargs")
-    if kwargs is not None and dict(kwargs) != dict(meta["args"]):
-        differ = sorted(k for k in set(kwargs) | set(meta["args"]) if kwargs.get(k) != meta["args"].get(k))
-        raise ModelFileError(f"{where}: the attached model file does not match the description (arguments {', '.join(differ)} differ)")
+    if kwargs is not None and dict(kwargs) != dict(ours["args"]):
+        differ = sorted(k for k in set(kwargs) | set(ours["args"]) if kwargs.get(k) != ours["args"].get(k))
+        raise ModelFileError(f"{where}: config.unetseg does not match the weights' architecture (arguments {', '.join(differ)} differ)")
     channels = [a for a in rdf["outputs"][0].get("axes", []) if isinstance(a, dict) and a.get("type") == "channel"]
-    if channels and len(channels[0].get("channel_names", [])) != len(meta["card"].classes):
+    if channels and len(channels[0].get("channel_names", [])) != len(card.classes):
         raise ModelFileError(f"{where}: the description has {len(channels[0]['channel_names'])} output channels, "
-                             f"the model file {len(meta['card'].classes)} classes")
+                             f"config.unetseg.card {len(card.classes)} classes")
+    return {"arch": ours["arch"], "args": dict(ours["args"]), "card": card, "unetseg_version": ours.get("unetseg_version")}

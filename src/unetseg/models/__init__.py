@@ -5,7 +5,7 @@ JSON config holding the :class:`ModelCard`; loading never unpickles.
 """
 
 from .card import ModelCard, Postprocess, TrainingInfo, card_from_dict, card_to_dict
-from .files import ARCHITECTURES, build, load, load_card, load_with_config, model_file, read_config, save
+from .files import ARCHITECTURES, build, load, load_card, load_with_config, model_file, read_config, save, with_state
 from .flops import count_conv_layers, flops_per_output_pixel, parameter_count
 from .fusionnet import FusionNet
 from .unet import UNet
@@ -29,4 +29,5 @@ __all__ = [
     "parameter_count",
     "read_config",
     "save",
+    "with_state",
 ]

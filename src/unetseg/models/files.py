@@ -177,25 +177,45 @@ def load_with_config(path: str | os.PathLike, *, device: str | torch.device = "c
         side_meta = _parse_config(side.read_text(encoding="utf-8"), side)
         if side_meta["arch"] != meta["arch"] or side_meta["args"] != meta["args"]:
             raise ModelFileError(f"{side}: does not match the config stored in {weights.name}")
-    model = build(meta["arch"], meta["args"])
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights}: cannot read weights ({exc})") from exc
+    return with_state(meta, state, where=str(weights)).to(device), meta
+
+
+def with_state(meta: dict[str, Any], state: dict[str, torch.Tensor], *, where: str, may_lack: tuple[str, ...] = ()) -> nn.Module:
+    """The model ``meta`` describes (``arch``, ``args``) holding ``state``, in eval mode.
+
+    Every tensor the architecture has must be in ``state`` with its shape, except those whose
+    last name is in ``may_lack`` (they keep their initial values); ``where`` (the file the
+    tensors came from) names the culprit otherwise.
+
+    Examples
+    --------
+    >>> net = UNet(base_channels=2, depth=1)
+    >>> meta = {"arch": "UNet", "args": dict(net.config)}
+    >>> with_state(meta, net.state_dict(), where="w.safetensors").training
+    False
+    >>> with_state(meta, {}, where="w.safetensors")
+    Traceback (most recent call last):
+    ...
+    unetseg.errors.ModelFileError: w.safetensors: tensors do not match the UNet config (missing: downs.0.1.0.bias, downs.0.1.0.weight, downs.0.1.3.bias; unexpected: none)
+    """
+    model = build(meta["arch"], meta["args"])
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(k for k in set(expected) - set(state) if k.rsplit(".", 1)[-1] not in may_lack)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ModelFileError(
-            f"{weights}: tensors do not match the {meta['arch']} config "
+            f"{where}: tensors do not match the {meta['arch']} config "
             f"(missing: {', '.join(missing[:3]) or 'none'}; unexpected: {', '.join(unexpected[:3]) or 'none'})"
         )
     for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise ModelFileError(f"{weights}: tensor {key} has shape {tuple(value.shape)}, config expects {tuple(expected[key].shape)}")
-    model.load_state_dict(state)
-    model.eval()
-    return model.to(device), meta
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ModelFileError(f"{where}: tensor {key} has shape {tuple(value.shape)}, config expects {tuple(expected[key].shape)}")
+    model.load_state_dict(state, strict=not may_lack)
+    return model.eval()
 
 
 def load_card(path: str | os.PathLike) -> ModelCard:
