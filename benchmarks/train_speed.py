@@ -1,9 +1,10 @@
-"""Training speed of the ISBI CPU recipe: steps/s with bf16 autocast vs fp32, and of the two
-memory formats in fp32, in one run.
+"""Training speed of the ISBI CPU recipe: steps/s with bf16 autocast vs fp32, of the two memory
+formats in fp32, and of the training step through torch.compile (``runtime.compile``), in one run.
 
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/train_speed.py [--steps 30] [--config configs/isbi2012-cpu.yaml]
 
-Each variant (fp32 contiguous, fp32 channels-last, bf16 autocast channels-last) trains
+Each variant (fp32 contiguous, fp32 channels-last, bf16 autocast channels-last, and the faster
+of the two precisions on this CPU compiled) trains
 ``--steps`` steps of the recipe (same data, seed, tiles) after ``--warmup`` untimed steps; the
 order rotates over ``--rounds`` to even out the load of a shared machine. Prints steps/s of each
 (best of the rounds), the bf16/fp32 ratio and the channels-last/contiguous ratio in fp32 (what
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -29,11 +31,16 @@ from unetseg.train.config import load_train_config  # noqa: E402
 from unetseg.train.setup import train_from_config  # noqa: E402
 
 
-VARIANTS = {"fp32": ("fp32", False), "fp32 channels-last": ("fp32", True), "bf16 channels-last": ("bf16", True)}
+def variants() -> dict[str, tuple[str, bool, bool]]:
+    """name -> (precision, channels-last, compiled); the compiled one at ``precision: auto``."""
+    auto = runtime.resolve_precision("auto", torch.device("cpu"))
+    return {"fp32": ("fp32", False, False), "fp32 channels-last": ("fp32", True, False),
+            "bf16 channels-last": ("bf16", True, False), f"{auto} channels-last compiled": (auto, True, True)}
 
 
-def timed_run(cfg, config_path: Path, precision: str, channels_last: bool, steps: int, warmup: int) -> float:
-    rt = dataclasses.replace(cfg.runtime, precision=precision, channels_last=channels_last, log_every=10**6)
+def timed_run(cfg, config_path: Path, variant: tuple[str, bool, bool], steps: int, warmup: int) -> float:
+    precision, channels_last, compiled = variant
+    rt = dataclasses.replace(cfg.runtime, precision=precision, channels_last=channels_last, compile=compiled, log_every=10**6)
     val = dataclasses.replace(cfg.validation, every=0)
     ck = dataclasses.replace(cfg.checkpoint, every=10**9)
     sch = dataclasses.replace(cfg.schedule, steps=warmup + steps + 1)
@@ -64,18 +71,20 @@ def main() -> int:
     cfg = load_train_config(args.config, args.overrides)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 native: {runtime.cpu_supports_bf16()}")
     print(f"recipe {args.config}: {cfg.model.arch} {cfg.model.args}, tile {cfg.tile}, batch {cfg.batch_size}")
-    names = list(VARIANTS)
+    variant = variants()
+    names = list(variant)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            prec, cl = VARIANTS[name]
-            rate = timed_run(cfg, Path(args.config), prec, cl, args.steps, args.warmup)
+            rate = timed_run(cfg, Path(args.config), variant[name], args.steps, args.warmup)
             rates[name].append(rate)
             print(f"round {r + 1} {name}: {rate:.3f} steps/s", flush=True)
     best = {name: max(v) for name, v in rates.items()}
     print(" | ".join(f"{name} {v:.3f} steps/s" for name, v in best.items()) + f" (best of {args.rounds})")
     print(f"bf16/fp32 = {best['bf16 channels-last'] / best['fp32 channels-last']:.2f}x (both channels-last); "
-          f"fp32 channels-last/contiguous = {best['fp32 channels-last'] / best['fp32']:.2f}x")
+          f"fp32 channels-last/contiguous = {best['fp32 channels-last'] / best['fp32']:.2f}x; "
+          f"compiled/eager = {best[names[3]] / best[names[3].split(' ')[0] + ' channels-last']:.2f}x")
+    print(json.dumps({"benchmark": "train_speed", "steps_per_s": {k: round(v, 3) for k, v in best.items()}, **runtime.cpu_flags()}))
     return 0
 
 

@@ -1,6 +1,6 @@
-"""The accuracy rule of lossy backends: ``unetseg check-backend`` scores int8 against fp32 on a
-run's validation images, and ``--backend auto`` runs int8 only where that check passed for the
-run's current weights."""
+"""Backends chosen by measurement: ``unetseg check-backend`` scores and times each candidate
+against fp32 on a run's validation images and records the fastest that keeps the accuracy rule,
+keyed by CPU, torch and weights; ``--backend auto`` uses that record and nothing else."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import shutil
 import pytest
 import yaml
 
-from unetseg.backend_check import RESULTS, auto_backend, read_results, weights_digest
+from unetseg.backend_check import RESULTS, RESULTS_FORMAT, auto_backend, machine_key, read_results
 from unetseg.cli import main
 from unetseg.errors import ConfigError
 from unetseg.inference import Predictor
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, make_em_dataset, tiny_run):
@@ -22,39 +23,66 @@ def run(tmp_path_factory, make_em_dataset, tiny_run):
 
 
 @pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile on a CPU needs a C++ compiler")
-def test_check_backend_writes_the_verdict_for_these_weights(run, capsys):
+def test_check_backend_records_scores_times_and_the_fastest_that_passes(run, capsys):
     pytest.importorskip("torchao", reason="needs the fast extra (make test installs it)")
-    assert main(["check-backend", str(run)]) == 0
+    pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
+    elsewhere = {**machine_key(run), "cpu": {"cpu": "another CPU"}, "candidates": {}, "choice": "int8"}
+    (run / RESULTS).write_text(json.dumps({"format": RESULTS_FORMAT, "checks": [elsewhere]}))
+    for _ in range(2):  # a second check replaces this machine's record, never another machine's
+        assert main(["check-backend", str(run), "--backends", "int8", "onnxruntime"]) == 0
     out = capsys.readouterr().out
-    assert "int8 passes" in out or "int8 fails" in out
-    entry = read_results(run)["int8"]
-    assert entry["protocol"] == "isbi2012" and entry["images"] == ["02"]
-    assert set(entry["tolerance"]) == {"v_rand", "warping_error"}
-    assert set(entry["reference"]) >= {"v_rand", "warping_error"} and set(entry["metrics"]) == set(entry["reference"])
-    assert entry["weights_sha256"] == weights_digest(run) and "avx2" in entry["cpu"]
+    assert "chosen:" in out and "onnxruntime" in out
+    records = read_results(run)
+    assert len(records) == 2 and records[0]["cpu"] == {"cpu": "another CPU"}
+    record = records[1]
+    assert {k: record[k] for k in machine_key(run)} == machine_key(run)
+    assert record["protocol"] == "isbi2012" and record["images"] == ["02"]
+    assert set(record["tolerance"]) == {"v_rand", "warping_error"}
+    assert set(record["candidates"]) == {"torch-fp32", "int8", "onnxruntime"}
+    ort = record["candidates"]["onnxruntime"]
+    assert ort["passed"] and ort["precision"] == "fp32" and ort["seconds"] > 0  # fp32 graph: the reference's scores
+    assert record["candidates"]["int8"]["precision"] == "int8"
+    passed = {n: e["seconds"] for n, e in record["candidates"].items() if e["passed"]}
+    assert record["choice"] == min(passed, key=passed.get)
 
 
-def _verdict(run, passed: bool) -> None:
-    (run / RESULTS).write_text(json.dumps({"int8": {"passed": passed, "weights_sha256": weights_digest(run)}}))
+def _choose(run, choice: str, entry: dict, **key) -> None:
+    record = {**machine_key(run), **key, "candidates": {choice: entry}, "choice": choice}
+    (run / RESULTS).write_text(json.dumps({"format": RESULTS_FORMAT, "checks": [record]}))
 
 
-def test_auto_picks_int8_only_where_the_check_passed_for_the_current_weights(run, tmp_path):
-    pytest.importorskip("torchao", reason="needs the fast extra (make test installs it)")
+def test_auto_uses_this_machines_choice_for_the_current_weights_only(run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
     saved = (run / RESULTS).read_text() if (run / RESULTS).exists() else None
     try:
-        _verdict(run, True)
-        assert auto_backend(run, "cpu") == "int8" and auto_backend(run, "cuda") == "torch"
-        assert Predictor.from_path(run, backend="auto").backend == "int8"
-        _verdict(run, False)
-        assert auto_backend(run, "cpu") == "torch" and Predictor.from_path(run, backend="auto").backend == "torch"
-        other = tmp_path / "other"
-        shutil.copytree(run, other)
-        (other / RESULTS).write_text(json.dumps({"int8": {"passed": True, "weights_sha256": "0" * 64}}))
-        assert auto_backend(other, "cpu") == "torch"  # measured on other weights
-        assert auto_backend(run / "model.safetensors", "cpu") == "torch"  # a bare model file has no check
-        (other / RESULTS).write_text("not json")
-        with pytest.raises(ConfigError, match=RESULTS):
-            auto_backend(other, "cpu")
+        _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32", "passed": True, "seconds": 0.1})
+        assert auto_backend(run, "cpu") == ("onnxruntime", None) and auto_backend(run, "cuda") == ("torch", None)
+        assert Predictor.from_path(run, backend="auto").backend == "onnxruntime"
+        _choose(run, "torch-fp32", {"backend": "torch", "precision": "fp32", "passed": True, "seconds": 0.1})
+        chosen = Predictor.from_path(run, backend="auto")  # the check's precision, where none was asked for
+        assert (chosen.backend, chosen.precision) == ("torch", "fp32")
+        assert Predictor.from_path(run, backend="auto", precision="bf16").precision == "bf16"
+        _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32"}, weights_sha256="0" * 64)
+        assert auto_backend(run, "cpu") == ("torch", None)  # measured on other weights
+        _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32"}, torch="1.0")
+        assert auto_backend(run, "cpu") == ("torch", None)  # another torch
+        assert auto_backend(run / "model.safetensors", "cpu") == ("torch", None)  # a bare model file has no check
+        for text in ("not json", json.dumps({"int8": {"passed": True}})):  # unreadable, or an older format
+            (run / RESULTS).write_text(text)
+            with pytest.raises(ConfigError, match=RESULTS):
+                auto_backend(run, "cpu")
+    finally:
+        (run / RESULTS).write_text(saved) if saved is not None else (run / RESULTS).unlink()
+
+
+def test_predict_says_which_backend_auto_chose(run, tmp_path, make_em_dataset, capsys):
+    pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
+    saved = (run / RESULTS).read_text() if (run / RESULTS).exists() else None
+    data = make_em_dataset(tmp_path / "data", n=1, size=64)
+    try:
+        _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32", "passed": True, "seconds": 0.1})
+        assert main(["predict", "--model", str(run), "--backend", "auto", str(data / "images"), "--out", str(tmp_path / "o")]) == 0
+        assert "backend onnxruntime, precision fp32" in capsys.readouterr().out
     finally:
         (run / RESULTS).write_text(saved) if saved is not None else (run / RESULTS).unlink()
 

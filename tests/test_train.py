@@ -345,3 +345,26 @@ def test_fp32_cpu_training_trains_contiguous_unless_asked(tmp_path, setting, cha
     assert len(seen) == 2 and all(s == channels_last for s in seen)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     assert conv.weight.is_contiguous(memory_format=fmt)
+
+
+# ------------------------------------------------------------------ compiled training step
+
+
+@pytest.mark.skipif(not __import__("shutil").which("g++"), reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_training_step_trains_like_the_eager_one(tmp_path, monkeypatch):
+    """``runtime.compile: true`` runs the step through torch.compile: the same schedule, a finite
+    loss close to eager's at every step (no dropout; inductor reorders float sums), the same files."""
+    over = {"model": {"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4}},
+            "schedule": {"steps": 6, "name": "constant"}}
+    rt = {"device": "cpu", "precision": "fp32", "seed": 3, "log_every": 1, "channels_last": False}
+    losses, compiled_modules = {}, []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled_modules.append(m) or real_compile(m, **kw))
+    for compiled in (False, True):
+        cfg = tiny_cfg(**over, runtime={**rt, "compile": compiled})
+        res = _run(tmp_path / str(compiled), cfg)[1]
+        assert res.status == "completed" and res.step == 6
+        losses[compiled] = [r["loss"] for r in read_metrics(tmp_path / str(compiled) / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(compiled_modules) == 1  # only the run that asked for it
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
+    assert load_with_config(tmp_path / "True")[1]["card"].training.step == 6

@@ -37,11 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=None, help="labels: remove objects smaller than this many pixels (default: the card's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"], help="autocast precision")
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="autocast precision (default fp32; with --backend auto, what the run's check chose)")
     p.add_argument("--backend", default="torch", choices=["torch", "compile", "int8", "onnxruntime", "auto"],
                    help="forward pass: PyTorch; torch.compile (inductor, compiles once per tile shape); int8 (CPU, quantised "
                         "after calibration on the run's training images, or the first inputs; needs the fast extra); ONNX Runtime "
-                        "(CPU, fp32; needs the export extra); auto: int8 where `unetseg check-backend RUN` passed, else PyTorch")
+                        "(CPU, fp32; needs the export extra); auto: the fastest backend within the accuracy rule that "
+                        "`unetseg check-backend RUN` measured on this CPU, else PyTorch at precision auto")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ome-zarr", "ctc"],
@@ -146,10 +148,11 @@ def run(args: argparse.Namespace) -> int:
     if args.channel is not None and args.channel < 0:
         raise ConfigError(f"--channel {args.channel}: expected a channel index >= 0")
     paths = [p for m in args.model for p in model_paths(m)]
+    precision = args.precision or ("auto" if args.backend == "auto" else "fp32")
     if len(paths) == 1:
-        predictor = Predictor.from_path(paths[0], device=args.device, precision=args.precision, backend=args.backend)
+        predictor = Predictor.from_path(paths[0], device=args.device, precision=precision, backend=args.backend)
     else:
-        predictor = EnsemblePredictor(paths, device=args.device, precision=args.precision, backend=args.backend)
+        predictor = EnsemblePredictor(paths, device=args.device, precision=precision, backend=args.backend)
     if predictor.backend == "int8":
         predictor.calibrate(_calibration(predictor, paths, files, args.channel))
     tile_bar = tqdm(total=0, unit="tile", desc="tiles", leave=False, position=1, disable=None)

@@ -53,7 +53,9 @@ class Predictor:
         Where the forward pass runs (:mod:`unetseg.inference.backends`): eager PyTorch,
         ``torch.compile`` (same precision), int8 (CPU; ``precision`` becomes ``"int8"``; needs
         the ``fast`` extra), or ONNX Runtime (CPU and fp32; needs the ``export`` extra); ``auto``:
-        int8 for a run folder whose accuracy check passed (:mod:`unetseg.backend_check`), else torch.
+        for a run folder, the backend (and, with ``precision="auto"``, the precision) that
+        ``unetseg check-backend`` measured fastest within the accuracy rule on this CPU, torch
+        version and weights (:mod:`unetseg.backend_check`); eager torch without such a check.
     calibration : list of arrays, optional
         ``int8`` only: ``(channels, *spatial)`` images, normalised as the model expects, that
         calibrate the activation ranges (tiles of the training images are the right choice).
@@ -74,11 +76,12 @@ class Predictor:
                  backend: str = "torch", calibration: Sequence[np.ndarray] | None = None):
         if isinstance(model_or_path, Predictor):
             model_or_path, card = model_or_path.network, card or model_or_path.card
-        if backend == "auto":  # int8 where the run's accuracy check passed (unetseg.backend_check), else eager
+        if backend == "auto":  # what this machine's check of the run chose (unetseg.backend_check), else eager
             from ..backend_check import auto_backend
 
             path_given = not isinstance(model_or_path, nn.Module)
-            backend = auto_backend(model_or_path, resolve_device(device).type) if path_given else "torch"
+            backend, chosen = auto_backend(model_or_path, resolve_device(device).type) if path_given else ("torch", None)
+            precision = chosen if chosen is not None and precision == "auto" else precision
         if isinstance(model_or_path, nn.Module):
             module, card = model_or_path, card or ModelCard()
         else:

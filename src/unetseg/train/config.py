@@ -143,6 +143,10 @@ class RuntimeConfig:
         Train in the channels-last memory format (2D and 3D networks). ``auto``: on CUDA and
         under bf16/fp16 autocast, not for fp32 on a CPU (slower there,
         :func:`unetseg.runtime.training_channels_last`).
+    compile : bool
+        Run the network of the training step through ``torch.compile`` (inductor, forward and
+        backward; one graph for the fixed training tile). Off by default: on the 2-core
+        AVX-512-BF16 EPYC it ran the CPU recipe no faster than eager (``benchmarks/train_speed.py``).
     threads : int, optional
         PyTorch intra-op threads per process (default: the CPUs available / processes).
     num_workers : int
@@ -168,6 +172,7 @@ class RuntimeConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
     threads: int | None = None
     num_workers: int = 0
     seed: int = 0

@@ -170,6 +170,8 @@ def setup_run(cfg: TrainConfig, model: nn.Module, train_set: Dataset, run_dir: P
     state.end = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
     state.step = state.start
     state.ddp_model = dist_util.wrap(model, dev, info)
+    if cfg.runtime.compile:  # the step's forward and backward; checkpoints and validation use the eager module
+        state.ddp_model = torch.compile(state.ddp_model)
     state.loss_fn = build_loss(cfg.loss)
     state.scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" and dev.type == "cuda" else None
     state.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
