@@ -63,21 +63,22 @@ train_data: {{path: {data}{train_select}}}
 {val_data}
 data: {{target: {{kind: binary, foreground_value: 255, class_names: [membrane, cell]}}}}
 schedule: {{steps: 4}}
-validation: {{every: 0}}
+validation: {validation}
 runtime: {{device: cpu, precision: fp32, threads: 1}}
 tile: [28, 28]
 """
 
 
-def train_tiny_run(root: Path, data: Path, *, val: list[str] | None = None) -> Path:
+def train_tiny_run(root: Path, data: Path, *, val: list[str] | None = None, validation: str = "{every: 0}") -> Path:
     """Train a depth-2, 4-channel U-Net for 4 steps on ``data`` (``make_dataset``) into ``root/run``;
-    with ``val`` those images are the run's ``val_data`` and the others its training images."""
+    with ``val`` those images are the run's ``val_data`` and the others its training images;
+    ``validation`` is the recipe's validation section (YAML flow)."""
     from unetseg.cli import main
 
     names = sorted(p.stem for p in (data / "images").glob("*.png"))
     train_select = f", select: {[n for n in names if n not in val]}" if val else ""
     val_data = f"val_data: {{path: {data}, select: {val}}}" if val else ""
-    (root / "recipe.yaml").write_text(TINY_RECIPE.format(data=data, train_select=train_select, val_data=val_data))
+    (root / "recipe.yaml").write_text(TINY_RECIPE.format(data=data, train_select=train_select, val_data=val_data, validation=validation))
     assert main(["train", "--config", str(root / "recipe.yaml"), "--out", str(root / "run"), "--no-progress"]) == 0
     return root / "run"
 

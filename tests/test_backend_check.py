@@ -56,17 +56,19 @@ def test_auto_uses_this_machines_choice_for_the_current_weights_only(run, tmp_pa
     saved = (run / RESULTS).read_text() if (run / RESULTS).exists() else None
     try:
         _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32", "passed": True, "seconds": 0.1})
-        assert auto_backend(run, "cpu") == ("onnxruntime", None) and auto_backend(run, "cuda") == ("torch", None)
+        assert auto_backend(run, "cpu") == ("onnxruntime", None) and auto_backend(run, "cuda") == ("torch", "fp32")
         assert Predictor.from_path(run, backend="auto").backend == "onnxruntime"
         _choose(run, "torch-fp32", {"backend": "torch", "precision": "fp32", "passed": True, "seconds": 0.1})
         chosen = Predictor.from_path(run, backend="auto")  # the check's precision, where none was asked for
         assert (chosen.backend, chosen.precision) == ("torch", "fp32")
         assert Predictor.from_path(run, backend="auto", precision="bf16").precision == "bf16"
         _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32"}, weights_sha256="0" * 64)
-        assert auto_backend(run, "cpu") == ("torch", None)  # measured on other weights
+        assert auto_backend(run, "cpu") == ("torch", "fp32")  # measured on other weights: the lossless default
         _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32"}, torch="1.0")
-        assert auto_backend(run, "cpu") == ("torch", None)  # another torch
-        assert auto_backend(run / "model.safetensors", "cpu") == ("torch", None)  # a bare model file has no check
+        assert auto_backend(run, "cpu") == ("torch", "fp32")  # another torch
+        assert auto_backend(run / "model.safetensors", "cpu") == ("torch", "fp32")  # a bare model file has no check
+        unchecked = Predictor.from_path(run / "model.safetensors", backend="auto")  # precision auto: not bf16 unmeasured
+        assert (unchecked.backend, unchecked.precision) == ("torch", "fp32")
         for text in ("not json", json.dumps({"int8": {"passed": True}})):  # unreadable, or an older format
             (run / RESULTS).write_text(text)
             with pytest.raises(ConfigError, match=RESULTS):
@@ -75,16 +77,33 @@ def test_auto_uses_this_machines_choice_for_the_current_weights_only(run, tmp_pa
         (run / RESULTS).write_text(saved) if saved is not None else (run / RESULTS).unlink()
 
 
-def test_predict_says_which_backend_auto_chose(run, tmp_path, make_em_dataset, capsys):
+def test_predict_uses_the_recorded_choice_by_default_and_says_so(run, tmp_path, make_em_dataset, capsys):
     pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
     saved = (run / RESULTS).read_text() if (run / RESULTS).exists() else None
     data = make_em_dataset(tmp_path / "data", n=1, size=64)
     try:
         _choose(run, "onnxruntime", {"backend": "onnxruntime", "precision": "fp32", "passed": True, "seconds": 0.1})
-        assert main(["predict", "--model", str(run), "--backend", "auto", str(data / "images"), "--out", str(tmp_path / "o")]) == 0
+        assert main(["predict", "--model", str(run), str(data / "images"), "--out", str(tmp_path / "o")]) == 0
         assert "backend onnxruntime, precision fp32" in capsys.readouterr().out
+        (run / RESULTS).unlink()  # no check: eager fp32, as before checks existed
+        assert main(["predict", "--model", str(run), str(data / "images"), "--out", str(tmp_path / "p")]) == 0
+        assert "backend torch, precision fp32" in capsys.readouterr().out
     finally:
         (run / RESULTS).write_text(saved) if saved is not None else (run / RESULTS).unlink()
+
+
+def test_a_recipe_can_run_the_check_when_training_ends(tmp_path, make_em_dataset, monkeypatch):
+    """``validation.check_backends: true``: the finished run has this machine's record."""
+    import unetseg.backend_check as bc
+    from conftest import train_tiny_run
+
+    pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
+    monkeypatch.setattr(bc, "available", lambda names=None: ["onnxruntime"])  # one quick candidate
+    data = make_em_dataset(tmp_path / "data", n=3, size=64)
+    run = train_tiny_run(tmp_path, data, val=["02"], validation="{every: 0, check_backends: true}")
+    record = read_results(run)[-1]
+    assert set(record["candidates"]) == {"torch-fp32", "onnxruntime"} and record["images"] == ["02"]
+    assert {k: record[k] for k in machine_key(run)} == machine_key(run)
 
 
 def test_check_needs_validation_images(run, tmp_path, capsys):

@@ -11,9 +11,10 @@ apart). A lossy candidate passes when no ranking metric moves by more than its t
 candidate that passes (the fp32 reference always does). The result goes to ``RUN/backends.json``
 as one record per machine: keyed by the CPU's flags, the torch version and the weights' sha256,
 so a run folder handed to another machine, another torch or new weights is measured again
-rather than trusted. ``unetseg predict --backend auto`` uses the record of this machine; without
-one it runs eager PyTorch at ``precision: auto``. Compiled code lives only in inductor's own
-cache, never in the run folder.
+rather than trusted. ``unetseg predict`` (``--backend auto``, its default) uses the record of
+this machine; without one it runs the lossless eager fp32 path. Recipes with
+``validation.check_backends`` run the check when training ends. Compiled code lives only in
+inductor's own cache, never in the run folder.
 """
 
 from __future__ import annotations
@@ -168,20 +169,18 @@ def training_images(run_dir: str | os.PathLike, count: int = 2) -> list:
 
 
 def auto_backend(model_path: str | os.PathLike, device_type: str) -> tuple[str, str | None]:
-    """``(backend, precision)`` that this machine's check of the run chose; ``("torch", None)``
-    (eager at the precision asked for) on a GPU, for a bare model file, or without a record for
-    this CPU, torch and these weights."""
+    """``(backend, precision)`` that this machine's check of the run chose.
+
+    Without a record for this CPU, torch version and weights (a bare model file, a package, a
+    GPU, which the check does not measure) the lossless default: eager fp32.
+    """
     path = Path(model_path)
-    if device_type != "cpu" or not path.is_dir():
-        return "torch", None
-    records = read_results(path)
-    if not records:
-        return "torch", None
-    key = machine_key(path)
+    records = read_results(path) if path.is_dir() and device_type == "cpu" else []
+    key = machine_key(path) if records else {}
     record = next((r for r in records if all(r.get(k) == v for k, v in key.items())), None)
-    entry = (record or {}).get("candidates", {}).get(record.get("choice")) if record else None
+    entry = record.get("candidates", {}).get(record.get("choice")) if record else None
     if not isinstance(entry, dict) or entry.get("backend") not in ("torch", "compile", "int8", "onnxruntime"):
-        return "torch", None
+        return "torch", "fp32"
     if record["choice"] in CANDIDATES and not available([record["choice"]]):  # a library since uninstalled
-        return "torch", None
+        return "torch", "fp32"
     return str(entry["backend"]), str(entry["precision"]) if entry["backend"] in ("torch", "compile") else None

@@ -39,11 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
                    help="autocast precision (default fp32; with --backend auto, what the run's check chose)")
-    p.add_argument("--backend", default="torch", choices=["torch", "compile", "int8", "onnxruntime", "auto"],
+    p.add_argument("--backend", default="auto", choices=["torch", "compile", "int8", "onnxruntime", "auto"],
                    help="forward pass: PyTorch; torch.compile (inductor, compiles once per tile shape); int8 (CPU, quantised "
                         "after calibration on the run's training images, or the first inputs; needs the fast extra); ONNX Runtime "
-                        "(CPU, fp32; needs the export extra); auto: the fastest backend within the accuracy rule that "
-                        "`unetseg check-backend RUN` measured on this CPU, else PyTorch at precision auto")
+                        "(CPU, fp32; needs the export extra); auto (default): the fastest backend within the accuracy rule that "
+                        "`unetseg check-backend RUN` measured on this CPU, else PyTorch in fp32")
     p.add_argument("--channel", type=int, default=None, metavar="K",
                    help="single-channel model, multi-channel image: segment channel K (0-based)")
     p.add_argument("--format", default="tif", choices=["tif", "zarr", "npy", "ome-zarr", "ctc"],

@@ -117,6 +117,11 @@ class ValidationConfig:
     thresholds : list of float
         Binarisation thresholds of the foreground probability; each metric is reported at its
         best one (like the ISBI protocol; class-weighted losses shift the best threshold).
+    check_backends : bool
+        After training on a CPU with ``val_data``, measure every inference backend against fp32
+        on the validation images and record the fastest within the accuracy rule in
+        ``RUN/backends.json`` (:func:`unetseg.backend_check.check_backends`; what ``unetseg
+        predict`` uses by default). Costs a minute or so of compilation.
     """
 
     every: int = 500
@@ -127,6 +132,7 @@ class ValidationConfig:
     patience: int | None = None
     overlays: int = 2
     thresholds: list[float] = field(default_factory=lambda: [0.5])
+    check_backends: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import runtime
 from ..data import LabeledData, LabeledImage, TileDataset, card_for_target, load_labeled
 from ..errors import ConfigError, InputError, ModelFileError
 from ..models import ARCHITECTURES, build
@@ -179,8 +180,22 @@ def train_from_config(
         "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
         cfg.model.arch, len(train.items), len(val_items), in_shape, out_shape, cfg.batch_size, cfg.schedule.steps,
     )
-    return fit(cfg, model, train_set, out, val_set=val_items, card=card, resume=resume, device=device, progress=progress,
-               time_limit_s=time_limit_s, stop_after=stop_after, on_step=on_step)
+    result = fit(cfg, model, train_set, out, val_set=val_items, card=card, resume=resume, device=device, progress=progress,
+                 time_limit_s=time_limit_s, stop_after=stop_after, on_step=on_step)
+    if cfg.validation.check_backends and val_items and info.is_main and result.status in ("completed", "time_limit", "early_stopped"):
+        _check_backends(Path(out), runtime.resolve_device(device if device is not None else cfg.runtime.device))
+    return result
+
+
+def _check_backends(run_dir: Path, device) -> None:
+    """The backend check of a finished run (CPU only: it times CPU backends)."""
+    from ..backend_check import check_backends
+
+    if device.type != "cpu":
+        log.info("validation.check_backends: skipped on %s (the check measures CPU backends)", device)
+        return
+    record = check_backends(run_dir)
+    log.info("backends: %s is the fastest within the accuracy rule on this CPU (%s)", record["choice"], run_dir / "backends.json")
 
 
 def steps_for_budget(
