@@ -92,15 +92,14 @@ def test_predict_uses_the_recorded_choice_by_default_and_says_so(run, tmp_path, 
         (run / RESULTS).write_text(saved) if saved is not None else (run / RESULTS).unlink()
 
 
-def test_a_recipe_can_run_the_check_when_training_ends(tmp_path, make_em_dataset, monkeypatch):
+def test_a_recipe_can_run_the_check_when_training_ends(tmp_path, make_em_dataset, tiny_run, monkeypatch):
     """``validation.check_backends: true``: the finished run has this machine's record."""
     import unetseg.backend_check as bc
-    from conftest import train_tiny_run
 
     pytest.importorskip("onnxruntime", reason="needs the export extra (make test installs it)")
     monkeypatch.setattr(bc, "available", lambda names=None: ["onnxruntime"])  # one quick candidate
     data = make_em_dataset(tmp_path / "data", n=3, size=64)
-    run = train_tiny_run(tmp_path, data, val=["02"], validation="{every: 0, check_backends: true}")
+    run = tiny_run(tmp_path, data, val=["02"], validation="{every: 0, check_backends: true}")
     record = read_results(run)[-1]
     assert set(record["candidates"]) == {"torch-fp32", "onnxruntime"} and record["images"] == ["02"]
     assert {k: record[k] for k in machine_key(run)} == machine_key(run)

@@ -50,39 +50,32 @@ def test_manifest_registers_widgets_and_sample_data():
     assert [s.key for s in manifest.contributions.sample_data] == ["synthetic-em"]
 
 
-@pytest.mark.parametrize("output", ["prob", "labels"])
-def test_segment_widget_equals_unetseg_predict(make_napari_viewer, qtbot, model_file, tmp_path, output):
+@pytest.fixture(scope="module")
+def package_file(model_file, tmp_path_factory):
+    """``model_file`` as a bioimage.io package (what the widget's model field also takes)."""
+    pytest.importorskip("bioimageio.spec", reason="needs the export extra (make test installs it)")
+    from unetseg.export import export_bioimageio
+
+    return export_bioimageio(model_file, tmp_path_factory.mktemp("package") / "m.zip", authors=["test"])
+
+
+@pytest.mark.parametrize("output, source", [("prob", "model"), ("labels", "model"), ("labels", "package")])
+def test_segment_widget_equals_unetseg_predict(make_napari_viewer, qtbot, model_file, tmp_path, output, source, request):
+    """The widget gives what `unetseg predict` of the model file gives, from the file or from its
+    bioimage.io package."""
     viewer = make_napari_viewer()
     image, _ = em_section(shape=(150, 170))
     layer = viewer.add_image(image, name="em")
     widget = SegmentWidget(viewer)
     widget.image.reset_choices()
     widget.image.value = layer
-    _segment(qtbot, widget, model=model_file, output=output, tile=36)
+    model = model_file if source == "model" else request.getfixturevalue("package_file")
+    _segment(qtbot, widget, model=model, output=output, tile=36)
     write_image(tmp_path / "em.tif", image)
     assert main(["predict", "--model", str(model_file), "--device", "cpu", "--output", output, "--tile", "36",
                  str(tmp_path / "em.tif"), "--out", str(tmp_path / "out")]) == 0
     np.testing.assert_array_equal(widget.last_layer.data, read_image(tmp_path / "out" / "em.tif"))
     assert (widget.last_layer._type_string == "labels") == (output == "labels")
-
-
-def test_a_bioimageio_package_segments_in_napari_as_its_model_does(make_napari_viewer, qtbot, model_file, tmp_path):
-    """A package exported by unetseg, opened in the napari widget, gives the model file's labels."""
-    pytest.importorskip("bioimageio.spec", reason="needs the export extra (make test installs it)")
-    from unetseg.export import export_bioimageio
-
-    package = export_bioimageio(model_file, tmp_path / "m.zip", authors=["test"])
-    viewer = make_napari_viewer()
-    image, _ = em_section(shape=(120, 140))
-    layer = viewer.add_image(image, name="em")
-    widget = SegmentWidget(viewer)
-    widget.image.reset_choices()
-    widget.image.value = layer
-    _segment(qtbot, widget, model=package, output="labels", tile=36)
-    write_image(tmp_path / "em.tif", image)
-    assert main(["predict", "--model", str(model_file), "--device", "cpu", "--output", "labels", "--tile", "36",
-                 str(tmp_path / "em.tif"), "--out", str(tmp_path / "out")]) == 0
-    np.testing.assert_array_equal(widget.last_layer.data, read_image(tmp_path / "out" / "em.tif"))
 
 
 def test_cancel_stops_within_one_tile(make_napari_viewer, qtbot, model_file):
