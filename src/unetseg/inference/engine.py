@@ -37,7 +37,10 @@ from .shift import RowShifter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CPU_BUDGET = 1 << 30  # bytes of activations per batch of tiles on the CPU
+# Bytes of activations per batch of tiles on the CPU. 2 GiB: on the 2-core AVX-512-BF16 EPYC the
+# paper network segments a 2048^2 image fastest with output tiles of about 800 (fp32) to 1200 (bf16)
+# px, which 2 GiB allows; 1 GiB gave 500-px fp32 tiles, 1.13x slower (benchmarks/tile_speed.py).
+DEFAULT_CPU_BUDGET = 2 << 30
 
 
 def estimate_tile_memory(model: nn.Module, in_shape: Sequence[int], *, batch_size: int = 1, bytes_per_value: int = 4) -> int:
@@ -66,8 +69,8 @@ def estimate_tile_memory(model: nn.Module, in_shape: Sequence[int], *, batch_siz
 
 
 def default_memory_budget(device: torch.device) -> int:
-    """Activation memory to plan tiles for: half the free GPU memory, or on the CPU 1 GiB (at
-    most a quarter of the available RAM)."""
+    """Activation memory to plan tiles for: half the free GPU memory, or on the CPU
+    :data:`DEFAULT_CPU_BUDGET` (2 GiB; at most a quarter of the available RAM)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
