@@ -25,7 +25,7 @@ from unetseg.models import ModelCard, UNet, save  # noqa: E402
 from unetseg.predict import predict_file  # noqa: E402
 
 DASK = str(Path(sys.executable).with_name("dask"))
-SIDE = 3072  # several blocks of unetseg's Dask path
+SIDE = 3072  # several blocks of unetseg's Dask path (with the tile _predict sets)
 
 
 def _env(**extra) -> dict:
@@ -101,8 +101,9 @@ def model_and_image(tmp_path):
 
 
 def _predict(model, image, out, address, **env):
+    # 1028-px tiles: 2048-px blocks, so 2 x 2 blocks of the 3072-px image whatever the memory budget's tile
     cmd = [sys.executable, "-m", "unetseg", "predict", "--model", str(model), "--device", "cpu", "--precision", "fp32",
-           str(image), "--out", str(out), "--dask-scheduler", address]
+           "--tile", "1028", str(image), "--out", str(out), "--dask-scheduler", address]
     return subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
