@@ -7,7 +7,9 @@
     output megapixels per second, unetseg's valid overlap-tile divided by MONAI's;
 (c) peak resident memory (``VmHWM`` of a fresh subprocess) while segmenting a BIG x BIG
     uint8 TIFF from disk to a float32 BigTIFF on disk with ``predict_file``;
-(d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks.
+(d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks;
+(e) with ``--backends``: the Predictor backends (eager fp32, eager at ``precision: auto``, compiled,
+    int8) on the (d) image side by side, as ``benchmarks/backend_speed.py --predictor`` measures them.
 
 Ends with one JSON line: vs_monai_025, vs_monai_05, tiling_efficiency, peak_rss_gib,
 bf16_speedup (plus bf16_dice and the settings). Run it alone (``flock /tmp/unetseg-bench.lock``);
@@ -189,6 +191,18 @@ def report_rss(args) -> int:
     return 0
 
 
+def _backends(net, args) -> dict[str, dict]:
+    """(e): ``backend_speed.predictor_mode`` on the (d) image; seconds and speed-up over eager fp32 per backend."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from backend_speed import predictor_mode
+
+    print(f"(e) every Predictor backend on a {args.bf16_size}^2 image, width {args.width}:", flush=True)
+    found = predictor_mode(net, args.bf16_size, args.repeats)
+    fp32 = found["torch-fp32"]["best_s"]
+    return {k: {"s": v["best_s"], "vs_fp32": round(fp32 / v["best_s"], 3), "first_s": v["first_s"],
+                "mask_agreement": round(v["mask_agreement"], 5)} for k, v in found.items()}
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     inter = np.logical_and(a, b).sum()
     total = a.sum() + b.sum()
@@ -204,6 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
     ap.add_argument("--rss-only", action="store_true", help="only (c): peak memory of the TIFF and OME-Zarr outputs")
+    ap.add_argument("--backends", action="store_true", help="(e): every Predictor backend on the --bf16-size image, side by side")
     args = ap.parse_args(argv)
     runtime.configure_threads()
     # Process-wide, so MONAI's sliding window below runs with the same allocator setting.
@@ -240,6 +255,7 @@ def main(argv=None) -> int:
     d = dice(fp32[1] > 0.5, bf[1] > 0.5)
     print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)
 
+    backends = _backends(net, args) if args.backends else None
     rss = _rss(args)
     print(f"    (this process: ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)", flush=True)
     print(json.dumps({
@@ -250,6 +266,7 @@ def main(argv=None) -> int:
         "peak_rss_ome_zarr_gib": None if rss is None else round(rss["ome-zarr"][0], 3),
         "bf16_speedup": round(t32 / t16, 3),
         "bf16_dice": round(d, 4),
+        "backends": backends,
         "width": args.width,
         "size": args.size,
         "tile": args.tile,
