@@ -73,6 +73,7 @@ def main() -> int:
     print(f"recipe {args.config}: {cfg.model.arch} {cfg.model.args}, tile {cfg.tile}, batch {cfg.batch_size}")
     variant = variants()
     names = list(variant)
+    compiled = next(n for n, v in variant.items() if v[2])
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -83,7 +84,7 @@ def main() -> int:
     print(" | ".join(f"{name} {v:.3f} steps/s" for name, v in best.items()) + f" (best of {args.rounds})")
     print(f"bf16/fp32 = {best['bf16 channels-last'] / best['fp32 channels-last']:.2f}x (both channels-last); "
           f"fp32 channels-last/contiguous = {best['fp32 channels-last'] / best['fp32']:.2f}x; "
-          f"compiled/eager = {best[names[3]] / best[names[3].split(' ')[0] + ' channels-last']:.2f}x")
+          f"compiled/eager = {best[compiled] / best[f'{variant[compiled][0]} channels-last']:.2f}x")
     print(json.dumps({"benchmark": "train_speed", "steps_per_s": {k: round(v, 3) for k, v in best.items()}, **runtime.cpu_flags()}))
     return 0
 

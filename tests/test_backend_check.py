@@ -69,6 +69,10 @@ def test_auto_uses_this_machines_choice_for_the_current_weights_only(run, tmp_pa
         assert auto_backend(run / "model.safetensors", "cpu") == ("torch", "fp32")  # a bare model file has no check
         unchecked = Predictor.from_path(run / "model.safetensors", backend="auto")  # precision auto: not bf16 unmeasured
         assert (unchecked.backend, unchecked.precision) == ("torch", "fp32")
+        from unetseg.models import UNet
+
+        module = Predictor(UNet(1, 2, depth=1, base_channels=2), backend="auto")  # a module has no check either
+        assert (module.backend, module.precision) == ("torch", "fp32")
         for text in ("not json", json.dumps({"int8": {"passed": True}})):  # unreadable, or an older format
             (run / RESULTS).write_text(text)
             with pytest.raises(ConfigError, match=RESULTS):

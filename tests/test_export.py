@@ -155,7 +155,8 @@ def _config_narrower_than_graph(desc):
     return desc
 
 
-def _matching_sha(member: str, data: bytes):
+def _matching_sha(data: bytes):
+    """The description edited so that its onnx sha256 is that of ``data``."""
     def edit(desc):
         desc["weights"]["onnx"]["sha256"] = hashlib.sha256(data).hexdigest()
         return desc
@@ -195,7 +196,7 @@ def test_bad_packages_are_refused_naming_the_file(package, tmp_path, case, match
     elif case == "graph":
         _rewrite(src, bad, rdf=_config_narrower_than_graph)
     elif case == "corrupt":
-        _rewrite(src, bad, replace={"weights.onnx": b"not the model"}, rdf=_matching_sha("weights.onnx", b"not the model"))
+        _rewrite(src, bad, replace={"weights.onnx": b"not the model"}, rdf=_matching_sha(b"not the model"))
     else:
         _rewrite(src, bad, rdf=_other_width)
     with pytest.raises(ModelFileError, match=match) as err:

@@ -58,9 +58,9 @@ def passes(reference: dict[str, float], candidate: dict[str, float]) -> bool:
     return bool(checked) and all(abs(candidate[k] - reference[k]) <= TOLERANCE[k] + 1e-12 for k in checked)
 
 
-def _run_data(run_dir: Path, *, with_val: bool):
-    """(training items, validation split or None) of a run, as its ``config.yaml`` selects them
-    (one read of a folder that holds both)."""
+def _run_data(run_dir: Path, *, with_train: bool, with_val: bool):
+    """(training items or None, validation split or None) of a run, as its ``config.yaml``
+    selects them; only what is asked for is read (one read of a folder that holds both)."""
     from .train.config import load_train_config
     from .train.setup import load_split
 
@@ -69,8 +69,8 @@ def _run_data(run_dir: Path, *, with_val: bool):
     if with_val and (cfg.val_data is None or not cfg.val_data.path):
         raise ConfigError(f"{config}: the run has no val_data; the accuracy rule needs labelled validation images")
     cache: dict = {}
-    train = load_split(cfg.train_data, cfg, config, "train_data", cache=cache)
-    return train.items, (load_split(cfg.val_data, cfg, config, "val_data", cache=cache) if with_val else None)
+    train = load_split(cfg.train_data, cfg, config, "train_data", cache=cache).items if with_train else None
+    return train, (load_split(cfg.val_data, cfg, config, "val_data", cache=cache) if with_val else None)
 
 
 def available(names: list[str] | None = None) -> list[str]:
@@ -128,13 +128,15 @@ def check_backends(run_dir: str | os.PathLike, names: list[str] | None = None, *
     from .cv import reference_labels
 
     run_dir = Path(run_dir)
-    train_items, val = _run_data(run_dir, with_val=True)
+    measured = available(names)
+    int8 = any(CANDIDATES[n][0] == "int8" for n in measured)
+    train_items, val = _run_data(run_dir, with_train=int8, with_val=True)  # training images only to calibrate int8
     protocol = "ctc" if val.target.kind == "instances" else "isbi2012"
     gts = [reference_labels(it, protocol) for it in val.items]
-    calibration = [it.image for it in train_items[:calibration_images]]  # what training_images() gives predict
+    calibration = [it.image for it in train_items[:calibration_images]] if int8 else None  # what training_images() gives predict
     candidates = {REFERENCE: _measure(run_dir, {"precision": "fp32"}, val, protocol, gts, tta)}
     reference = candidates[REFERENCE]["metrics"]
-    for name in available(names):
+    for name in measured:
         backend, precision, _ = CANDIDATES[name]
         kwargs = {"backend": backend, "precision": precision, "calibration": calibration if backend == "int8" else None}
         entry = _measure(run_dir, kwargs, val, protocol, gts, tta)
@@ -165,7 +167,7 @@ def read_results(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def training_images(run_dir: str | os.PathLike, count: int = 2) -> list:
     """The first ``count`` training images of a run, normalised (what its int8 check calibrated on)."""
-    return [it.image for it in _run_data(Path(run_dir), with_val=False)[0][:count]]
+    return [it.image for it in _run_data(Path(run_dir), with_train=True, with_val=False)[0][:count]]
 
 
 def auto_backend(model_path: str | os.PathLike, device_type: str) -> tuple[str, str | None]:

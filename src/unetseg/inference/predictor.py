@@ -55,7 +55,8 @@ class Predictor:
         the ``fast`` extra), or ONNX Runtime (CPU and fp32; needs the ``export`` extra); ``auto``:
         for a run folder, the backend (and, with ``precision="auto"``, the precision) that
         ``unetseg check-backend`` measured fastest within the accuracy rule on this CPU, torch
-        version and weights (:mod:`unetseg.backend_check`); eager torch without such a check.
+        version and weights (:mod:`unetseg.backend_check`); eager fp32 (with ``precision="auto"``)
+        without such a check, a module included: no lossy path is used unmeasured.
     calibration : list of arrays, optional
         ``int8`` only: ``(channels, *spatial)`` images, normalised as the model expects, that
         calibrate the activation ranges (tiles of the training images are the right choice).
@@ -80,7 +81,7 @@ class Predictor:
             from ..backend_check import auto_backend
 
             path_given = not isinstance(model_or_path, nn.Module)
-            backend, chosen = auto_backend(model_or_path, resolve_device(device).type) if path_given else ("torch", None)
+            backend, chosen = auto_backend(model_or_path, resolve_device(device).type) if path_given else ("torch", "fp32")
             precision = chosen if chosen is not None and precision == "auto" else precision
         if isinstance(model_or_path, nn.Module):
             module, card = model_or_path, card or ModelCard()
