@@ -46,10 +46,10 @@ import torch  # noqa: E402
 from unetseg import runtime  # noqa: E402
 from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
-from unetseg.models import load_with_config  # noqa: E402
+from unetseg.cv import predict_held_out  # noqa: E402
+from unetseg.inference import Predictor  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
 from unetseg.train.setup import steps_for_budget, train_from_config  # noqa: E402
-from unetseg.train.validate import predict_probs  # noqa: E402
 
 from monai_baseline import predict_monai, train_monai  # noqa: E402
 
@@ -97,12 +97,12 @@ def run_ours(args, val_items) -> dict:
     result = train_from_config(cfg, out, config_path=args.config, time_limit_s=budget, progress=True)
     train_s = time.perf_counter() - t0
     print(f"[ours] {result.status} after {result.step} steps in {train_s / 60:.1f} min ({result.steps_per_s:.3f} steps/s)", flush=True)
-    model, meta = load_with_config(out / "model-last.safetensors")
-    shift = meta["card"].output_shift  # estimated on the training sections (calibration.output_shift)
+    predictor = Predictor.from_path(out / "model-last.safetensors", device="cpu", precision="fp32", backend="torch")
+    shift = predictor.card.output_shift  # estimated on the training sections (calibration.output_shift)
     if shift:
         print(f"[ours] output shift {list(shift)} px (from the training sections)", flush=True)
     t1 = time.perf_counter()
-    probs = [predict_probs(model, it.image, tta=True, device=torch.device("cpu"), precision="fp32", output_shift=shift)[1] for it in val_items]
+    probs = predict_held_out(predictor, val_items, "isbi2012")  # 8-fold TTA, the card's shift and post-processing
     pred_s = time.perf_counter() - t1
     res = score(probs, val_items)
     res.update(train_minutes=train_s / 60, steps=result.step, predict_s=pred_s, setup_s=t0 - t_setup, output_shift=shift)

@@ -72,3 +72,22 @@ def test_cv_command_trains_each_fold_without_its_held_out_images(tmp_path, capsy
     assert "pooled" in printed and "v_rand" in printed
     # a second run into the same folder is refused
     assert main(["cv", "--config", str(recipe), "--folds", "2", "--out", str(out)]) == 1
+
+
+def test_held_out_maps_are_post_processed_as_the_card_says(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from unetseg.cv import predict_held_out
+    from unetseg.models import ModelCard, Postprocess, UNet, save
+    from unetseg.postprocess import fill_small_holes
+
+    items = [SimpleNamespace(image=np.random.default_rng(1).random((1, 40, 44), dtype=np.float32))]
+    maps = {}
+    for area in (0, 150):
+        torch.manual_seed(2)
+        save(UNet(1, 2, depth=2, base_channels=2), tmp_path / str(area), card=ModelCard(postprocess=Postprocess(fill_holes=area)))
+        maps[area] = predict_held_out(tmp_path / str(area), items, "isbi2012", tta=False)[0]
+    assert np.count_nonzero(maps[150] != maps[0]) > 0
+    np.testing.assert_array_equal(maps[150], fill_small_holes(maps[0], 150))

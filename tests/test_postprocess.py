@@ -9,6 +9,7 @@ from unetseg.errors import ConfigError, InputError
 from unetseg.postprocess import (
     as_label_image,
     connected_components,
+    fill_small_holes,
     instances_from_probabilities,
     label_dtype,
     relabel_sequential,
@@ -106,3 +107,34 @@ def test_instances_3d_and_min_size():
     labels = instances_from_probabilities(vol, min_size=5)
     assert labels.shape == (8, 10, 10) and labels.max() == 1
     assert instances_from_probabilities(vol, split="distance", h=0).max() == 2
+
+
+def _membranes_with_organelles():
+    """Cells (0.9) cut by a membrane cross reaching the border (0.05), a 9-pixel dark blob in one
+    cell and a 20-pixel one in another."""
+    prob = np.full((41, 41), 0.9, np.float32)
+    prob[20, :] = prob[:, 20] = 0.05
+    prob[5:8, 5:8] = 0.2  # 9 pixels
+    prob[28:32, 28:33] = 0.3  # 20 pixels
+    return prob
+
+
+def test_fill_small_holes_fills_only_enclosed_dark_structures_below_the_area():
+    prob = _membranes_with_organelles()
+    out = fill_small_holes(prob, 10)
+    assert out.dtype == prob.dtype and out.shape == prob.shape
+    assert (out[5:8, 5:8] == np.float32(0.9)).all()  # the small blob takes its rim's level
+    np.testing.assert_array_equal(out[28:32, 28:33], prob[28:32, 28:33])  # the larger one stays
+    np.testing.assert_array_equal(out[20], prob[20])  # the membrane network is untouched
+    assert (out >= prob).all() and np.count_nonzero(out != prob) == 9
+    for th in np.arange(0.0, 1.0, 0.1):  # at every challenge threshold: one enclosed hole fewer, or none to fill
+        holes = [connected_components(~(m > th), connectivity=2).max() for m in (prob, out)]
+        assert int(holes[1]) == int(holes[0]) - (1 if 0.25 < th < 0.85 else 0)  # the blob is 0.2, its rim 0.9
+    np.testing.assert_array_equal(fill_small_holes(prob, 21)[28:32, 28:33], np.float32(0.9))
+    assert fill_small_holes(prob, 0) is prob and fill_small_holes(prob, 1) is prob
+
+
+def test_fill_small_holes_refuses_a_negative_or_fractional_area():
+    for bad in (-1, 2.5):
+        with pytest.raises(ConfigError, match="fill_holes"):
+            fill_small_holes(np.zeros((4, 4), np.float32), bad)

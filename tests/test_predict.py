@@ -566,3 +566,36 @@ def test_labels_without_flags_use_the_postprocessing_the_card_records(tmp_path):
     flags = ["--output", "labels", "--min-size", "0", "--threshold", "0.5"]
     assert main(["predict", "--model", str(runs["big"]), str(tmp_path / "x.tif"), "--out", str(tmp_path / "o-flag"), *flags]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o-flag" / "x.tif"), labels["default"])
+
+
+def test_the_cards_fill_holes_fills_every_output_section_by_section(tmp_path):
+    from unetseg.models import Postprocess
+    from unetseg.postprocess import fill_small_holes
+
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(tmp_path / "x.tif", rng.integers(0, 255, (48, 56), dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "s.tif", rng.integers(0, 255, (2, 48, 56), dtype=np.uint8))
+    runs = {}
+    for name, area in (("plain", 0), ("fill", 200)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        save(_net(base=2, seed=3), runs[name], card=ModelCard(normalization={"method": "minmax"}, postprocess=Postprocess(fill_holes=area)))
+
+    def out(run, image, *flags):
+        folder = tmp_path / f"o-{run}-{image}-{'-'.join(flags)}"
+        assert main(["predict", "--model", str(runs[run]), str(tmp_path / image), "--out", str(folder), *flags]) == 0
+        return tifffile.imread(folder / image)
+
+    plain, filled = out("plain", "x.tif"), out("fill", "x.tif")
+    assert np.count_nonzero(filled != plain) > 0  # the random network's map has holes to fill
+    np.testing.assert_array_equal(filled, fill_small_holes(plain, 200))
+    np.testing.assert_array_equal(out("fill", "x.tif", "--output", "mask"), np.where(filled > 0.5, 255, 0))
+    np.testing.assert_array_equal(out("fill", "x.tif", "--fill-holes", "0"), plain)  # the flag wins over the card
+    np.testing.assert_allclose(out("fill", "x.tif", "--dask-scheduler", "threads"), filled, atol=1e-5)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        np.testing.assert_allclose(out("fill", "x.tif", "--dask-scheduler", cluster.scheduler_address), filled, atol=1e-5)
+    stack = out("plain", "s.tif")
+    np.testing.assert_array_equal(out("fill", "s.tif"), np.stack([fill_small_holes(p, 200) for p in stack]))
+    assert main(["predict", "--model", str(runs["fill"]), str(tmp_path / "x.tif"), "--out", str(tmp_path / "bad"), "--fill-holes", "-3"]) == 1

@@ -65,6 +65,9 @@ def readme_text(name: str, card: ModelCard, meta: dict[str, Any], network: nn.Mo
               "are without it unless the recipe says otherwise",
               f"- instances: `unetseg predict --output labels` uses split `{card.postprocess.split}`, minimum size "
               f"{card.postprocess.min_size}, threshold {card.postprocess.threshold}",
+              *([f"- hole filling: unetseg fills dark structures smaller than {card.postprocess.fill_holes} pixels in "
+                 "the foreground map (area closing) before writing any output; other consumers do not"]
+                if card.postprocess.fill_holes > 1 else []),
               "", "Both are stored under `config.unetseg`; `unetseg predict --model THIS.zip` restores them.", "",
               "## Citation", "",
               "Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation, "

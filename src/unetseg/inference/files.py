@@ -82,6 +82,7 @@ def predict_file(
     normalization: dict[str, Any] | None = None,
     split: str | None = None,
     min_size: int | None = None,
+    fill_holes: int | None = None,
     channel: int | None = None,
     rois: bool = False,
     dask_scheduler: Any = None,
@@ -96,7 +97,8 @@ def predict_file(
     ``"prob"`` float32 probabilities (for a 2-class model the foreground map alone), ``"mask"``
     uint8 (0/255 for 1-2 classes, else the argmax class), ``"labels"`` uint16/uint32 instances
     (:func:`unetseg.postprocess.instances_from_probabilities`, which needs the whole probability
-    map in memory); ``threshold``, ``split``, ``min_size`` default to the card's ``postprocess``.
+    map in memory); ``threshold``, ``split``, ``min_size``, ``fill_holes`` default to the card's
+    ``postprocess`` (with ``fill_holes``, each section's foreground map is held in memory whole).
     ``normalization`` overrides the card's. ``channel`` picks one channel of a multi-channel
     image for a single-channel model. TIFFs are ImageJ hyperstacks with the input's pixel size
     (:mod:`unetseg.imagej`); ``rois`` (labels) also writes ``NAME_rois.zip``, one ROI per object.
@@ -111,14 +113,14 @@ def predict_file(
     predictor = as_predictor(model, device=device, precision=precision)
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
-    threshold, split, min_size = _postprocess(card, threshold, split, min_size)
+    post = _postprocess(card, threshold, split, min_size, fill_holes)
     spec = normalization if normalization is not None else card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
     if rois and output != "labels":
         raise ConfigError(f"rois: ImageJ ROIs are written for --output labels, not {output!r}")
     source = open_source(input_path)  # refuses a missing or corrupt file before anything else reads it
     calibration = read_calibration(input_path)
-    job = _Job(output, spec, (threshold, split, min_size), (dask_scheduler, progress, kwargs))
+    job = _Job(output, spec, post, (dask_scheduler, progress, kwargs))
 
     def open_target(shape, dtype, axes, kind):
         return _writer(output_path, shape, dtype, axes, calibration, kind)
@@ -151,6 +153,7 @@ def predict_array(
     threshold: float | None = None,
     split: str | None = None,
     min_size: int | None = None,
+    fill_holes: int | None = None,
     channel: int | None = None,
     progress: bool | Any = False,
     open_target: Any = None,
@@ -183,7 +186,7 @@ def predict_array(
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
     data = image if all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(image)
-    job = _Job(output, card.normalization, _postprocess(card, threshold, split, min_size), (None, progress, kwargs))
+    job = _Job(output, card.normalization, _postprocess(card, threshold, split, min_size, fill_holes), (None, progress, kwargs))
     result = _segment(predictor, ArraySource(data), "image", job, channel, open_target or _in_memory)
     return result[0] if output == "labels" else result
 
@@ -191,7 +194,7 @@ def predict_array(
 class _Job(NamedTuple):
     output: str
     spec: Any  # normalisation
-    post: tuple  # threshold, split, min_size
+    post: tuple  # threshold, split, min_size, fill_holes
     run: tuple  # dask scheduler, progress, predict_into keywords
 
 
@@ -206,24 +209,56 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
     views = image_views(source, predictor, name, channel=channel)
     stack = len(views) > 1 or views[0].z is not None
     num_classes, spatial, card = predictor.num_classes, views[0].shape[1:], predictor.card
-    threshold, split, min_size = job.post
+    threshold, split, min_size, fill = job.post
+    fill = fill if num_classes <= 2 else 0  # holes of a foreground map; a many-class map has none
     if job.output == "labels":
         probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
         _run_views(predictor, views, probs, True, job.spec, None, np.float32, job.run)
+        _fill_foreground(probs, card, stack, fill)
         return _labels(probs, card, threshold, split, min_size), output_axes(False, stack, predictor.spatial_dims)
     class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
     axes = output_axes(class_axis, stack, predictor.spatial_dims)
     with open_target(out_shape, dtype, axes, "image" if job.output == "prob" else "labels") as target:
-        _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
+        if fill > 1:
+            _run_views_filled(predictor, views, target, job, transform, fill)
+        else:
+            _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
     return target
 
 
-def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None) -> tuple[float, str, int]:
+def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None,
+                 fill_holes: int | None) -> tuple[float, str, int, int]:
     """The card's ``postprocess`` values where the caller gave none."""
     post = card.postprocess
+    if fill_holes is not None and (isinstance(fill_holes, bool) or int(fill_holes) != fill_holes or fill_holes < 0):
+        raise ConfigError(f"fill_holes: expected a pixel count >= 0, got {fill_holes!r}")
     return (post.threshold if threshold is None else threshold, post.split if split is None else split,
-            post.min_size if min_size is None else min_size)
+            post.min_size if min_size is None else min_size, post.fill_holes if fill_holes is None else int(fill_holes))
+
+
+def _fill_foreground(probs: np.ndarray, card, stack: bool, area: int) -> None:
+    """Fill the small holes of the foreground map in ``probs`` (classes first), section by section."""
+    from ..postprocess import fill_small_holes
+
+    if area <= 1:
+        return
+    c = min(card.foreground_class, probs.shape[0] - 1)
+    planes = probs[c] if stack else probs[c][None]
+    for i in range(len(planes)):
+        planes[i] = fill_small_holes(planes[i], area)
+
+
+def _run_views_filled(predictor: Predictor, views: list, target: Any, job: _Job, transform, area: int) -> None:
+    """:func:`_run_views` for a foreground map with holes to fill: each view is predicted whole
+    into memory, filled (:func:`_fill_foreground`), then written through ``transform``."""
+    stack = len(views) > 1 or views[0].z is not None
+    for z, view in enumerate(views):
+        probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *job.run)
+        _fill_foreground(probs, predictor.card, False, area)
+        out = transform(probs)
+        full = tuple(slice(None) for _ in out.shape)
+        (_StackTarget(target, z, False) if stack else _Full(target))[full] = out
 
 
 def _run_views(predictor: Predictor, views: list, target: Any, class_axis: bool, spec, transform, dtype, run: tuple) -> None:
@@ -265,15 +300,35 @@ def _predict_view(predictor: Predictor, view, target, pre, transform, dtype, das
     if dask_scheduler is None:
         predictor.predict_into(view, target, preprocess=pre, transform=transform, progress=progress, **kwargs)
         return
+    probs = _dask_probs(predictor, view, pre, kwargs)
+    result = probs.map_blocks(transform, drop_axis=0, dtype=dtype) if transform is not None else probs
+    _store_dask(result, target, dask_scheduler)
+
+
+def _dask_probs(predictor: Predictor, view, pre, kwargs):
+    """The lazy probabilities of ``view`` (:meth:`Predictor.predict_dask`, blocks of 1024 px)."""
     import dask.array as da
 
     dims = view.ndim - 1
     darr = da.from_array(view, chunks=(view.shape[0],) + (1024,) * dims, asarray=True, fancy=False)
     normed = darr.map_blocks(pre, dtype=np.float32)
     allowed = {k: v for k, v in kwargs.items() if k in ("tile_shape", "tta", "batch_size", "output_shift")}
-    probs = predictor.predict_dask(normed, **allowed)
-    result = probs.map_blocks(transform, drop_axis=0, dtype=dtype) if transform is not None else probs
-    _store_dask(result, target, dask_scheduler)
+    return predictor.predict_dask(normed, **allowed)
+
+
+def _view_probs(predictor: Predictor, view, pre, dask_scheduler, progress, kwargs) -> np.ndarray:
+    """All class probabilities of ``view`` in memory; on a cluster, computed there and gathered."""
+    if dask_scheduler is None or (isinstance(dask_scheduler, str) and dask_scheduler in ("threads", "sync", "synchronous")):
+        probs = np.zeros((predictor.num_classes, *view.shape[1:]), np.float32)
+        _predict_view(predictor, view, probs, pre, None, np.float32, dask_scheduler, progress, kwargs)
+        return probs
+    from distributed import Client
+
+    lazy = _dask_probs(predictor, view, pre, kwargs)
+    if isinstance(dask_scheduler, Client):
+        return np.asarray(dask_scheduler.compute(lazy).result(), np.float32)
+    with Client(dask_scheduler) as client:
+        return np.asarray(client.compute(lazy).result(), np.float32)
 
 
 def _store_dask(result, target, scheduler) -> None:

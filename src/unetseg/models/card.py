@@ -58,17 +58,23 @@ class Postprocess:
 
     ``split``: ``none`` (connected components), ``distance`` or ``border`` (watershed splits,
     :func:`unetseg.postprocess.instances_from_probabilities`); ``min_size``: objects smaller than
-    this many pixels are removed; ``threshold``: foreground probability threshold. A recipe's
-    ``postprocess`` section is what its benchmarks validated; training copies it into the card.
+    this many pixels are removed; ``threshold``: foreground probability threshold;
+    ``fill_holes``: dark structures of a 2-class model's foreground map smaller than this many
+    pixels are filled before any output is written (``prob``, ``mask`` and ``labels``;
+    :func:`unetseg.postprocess.fill_small_holes`; 0 = off). A recipe's ``postprocess`` section is
+    what its benchmarks validated; training copies it into the card.
     """
 
     split: Literal["none", "distance", "border"] = "none"
     min_size: int = 0
     threshold: float = 0.5
+    fill_holes: int = 0
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"postprocess: min_size {self.min_size} must be >= 0 and threshold {self.threshold} in [0, 1]")
+        if isinstance(self.fill_holes, bool) or not isinstance(self.fill_holes, int) or self.fill_holes < 0:
+            raise ConfigError(f"postprocess.fill_holes: expected a pixel count >= 0, got {self.fill_holes!r}")
 
 
 @dataclass(frozen=True)
