@@ -7,8 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..atomic import atomic_path
 from ..errors import ConfigError, InputError
@@ -133,8 +131,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def run_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..io import write_image
-    from ..synthetic import KINDS, check_params, em_volume, generate, kind_function
+    from ..synthetic import KINDS, check_params, kind_function, pairs, write_pairs
 
     shape = parse_size(args.size)
     params = parse_params(args.params)
@@ -152,23 +149,12 @@ def run_synth(args: argparse.Namespace) -> int:
             raise InputError(f"{out}: not made by 'unetseg data synth' (no synth.json); refusing to replace it, even with --force")
     out.parent.mkdir(parents=True, exist_ok=True)
     em = args.kind in ("em", "em-volume")
-    suffix = ".png" if em else ".tif"
-    width = max(3, len(str(args.count - 1)))
     with atomic_path(out, directory=True) as tmp:
         _chmod_like_mkdir(tmp)
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
         if args.kind == "em-volume":
             logger.info("generating a %d-section volume", args.count)
-            images, labels = em_volume((args.count, *shape), np.random.default_rng(args.seed), **params)
-            pairs = ((images[i], labels[i]) for i in range(args.count))
-        else:
-            # One generator per image, seeded by (seed, index): image i does not depend on --count.
-            pairs = (generate(args.kind, shape, np.random.default_rng([args.seed, i]), **params) for i in range(args.count))
-        for i, (image, label) in enumerate(tqdm(pairs, total=args.count, desc=args.kind, unit="img")):
-            name = f"{i:0{width}d}{suffix}"
-            write_image(tmp / "images" / name, image)
-            write_image(tmp / "labels" / name, label)
+        items = pairs(args.kind, shape, args.count, args.seed, **params)
+        write_pairs(tmp, items, args.count, em=em, progress=lambda it: tqdm(it, total=args.count, desc=args.kind, unit="img"))
         manifest = {
             "generator": f"unetseg {__version__} unetseg.synthetic",
             "kind": args.kind,

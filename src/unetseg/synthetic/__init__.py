@@ -32,7 +32,8 @@ from ..errors import ConfigError
 from .cells import nuclei, touching_cells
 from .em import _RENDER_KEYS, em_membranes, em_statistics, em_volume
 
-__all__ = ["em_membranes", "em_volume", "touching_cells", "nuclei", "generate", "check_params", "kind_function", "em_statistics", "KINDS"]
+__all__ = ["em_membranes", "em_volume", "touching_cells", "nuclei", "generate", "pairs", "write_pairs", "check_params", "kind_function",
+           "em_statistics", "KINDS"]
 
 #: Names accepted by ``unetseg data synth`` and what each produces.
 KINDS = {
@@ -103,3 +104,48 @@ def check_params(fn, params: dict, fixed: dict | None = None) -> None:
     for key in params:
         if key not in allowed:
             raise ConfigError(f"{fn.__name__}: unknown parameter {key!r}; expected one of {', '.join(sorted(allowed))}")
+
+
+def pairs(kind: str, shape: tuple[int, int], count: int, seed: int, **params):
+    """``count`` image/label pairs of ``kind``, lazily; for ``em-volume`` the sections of one
+    volume (``numpy.random.default_rng(seed)``), else one generator per image seeded by
+    ``(seed, index)``, so image i does not depend on ``count``.
+
+    Examples
+    --------
+    >>> a = [img for img, _ in pairs("nuclei", (32, 32), 2, seed=1)]
+    >>> b = [img for img, _ in pairs("nuclei", (32, 32), 3, seed=1)]
+    >>> all((x == y).all() for x, y in zip(a, b))
+    True
+    """
+    if count < 1:
+        raise ConfigError(f"count {count}: expected at least 1")
+    if kind == "em-volume":
+        images, labels = em_volume((count, *shape), np.random.default_rng(seed), **params)
+        return ((images[i], labels[i]) for i in range(count))
+    if kind not in KINDS:
+        raise ConfigError(f"synthetic kind {kind!r}: expected one of {', '.join(KINDS)}")
+    fn, fixed = kind_function(kind)
+    check_params(fn, params, fixed)
+    return (generate(kind, shape, np.random.default_rng([seed, i]), **params) for i in range(count))
+
+
+def write_pairs(folder, items, count: int, *, em: bool, progress=None) -> list[str]:
+    """Write image/label ``items`` (from :func:`pairs`) as ``folder/images/NNN`` and
+    ``folder/labels/NNN`` (PNG for EM, TIFF otherwise): the folders layout
+    :func:`unetseg.data.load_dataset` reads. ``progress`` wraps the iteration (e.g. tqdm).
+    Returns the file names."""
+    from pathlib import Path
+
+    from ..io import write_image
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(count - 1)))
+    names = []
+    for i, (image, label) in enumerate(progress(items) if progress else items):
+        names.append(f"{i:0{width}d}{'.png' if em else '.tif'}")
+        write_image(folder / "images" / names[-1], image)
+        write_image(folder / "labels" / names[-1], label)
+    return names

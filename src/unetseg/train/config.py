@@ -16,6 +16,7 @@ A config file looks like::
     calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
     averaging: {enabled: false}          # unetseg.train.averaging.AveragingConfig
     postprocess: {split: none, min_size: 0}  # unetseg.models.card.Postprocess: --output labels defaults
+    pretrain: {synthetic: null}          # unetseg.train.pretrain.PretrainConfig
     runtime: {device: auto, precision: auto, seed: 0}
     batch_size: 1
     tile: [388, 388]     # output tile of one sample; the input adds the model's halo
@@ -39,6 +40,7 @@ from .averaging import AveragingConfig
 from .calibrate import CalibrationConfig
 from .checkpoint import CheckpointConfig
 from .optim import OptimConfig, ScheduleConfig
+from .pretrain import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ class TrainConfig:
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     postprocess: Postprocess = field(default_factory=Postprocess)  # copied into the model card
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     batch_size: int = 1
     tile: list[int] = field(default_factory=lambda: [388, 388])
 

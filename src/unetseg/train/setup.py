@@ -22,6 +22,7 @@ from . import distributed as dist_util
 from .config import SplitConfig, TrainConfig
 from .init import init_from
 from .loop import TrainResult, fit, seed_model_init
+from .pretrain import pretrain
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,18 @@ def train_from_config(
     stop_after: int | None = None,
     on_step=None,
 ) -> TrainResult:
-    """Check the recipe, load its data, build its model and train it into the run folder ``out``."""
+    """Check the recipe, load its data, build its model and train it into the run folder ``out``
+    (after the recipe's ``pretrain`` stage, :mod:`unetseg.train.pretrain`, unless resuming)."""
     in_shape, out_shape = check_model_config(cfg, config_path)  # every config error before any data is read
     info = dist_util.from_env()
+    if time_limit_s is None and cfg.runtime.max_minutes is not None:
+        time_limit_s = cfg.runtime.max_minutes * 60
+    origin = cfg.model.init
+    if cfg.pretrain.synthetic and not resume:
+        if info.world_size > 1:
+            raise ConfigError("pretrain runs in one process: pre-train with one process, then give its model as model.init")
+        cfg, time_limit_s, origin = pretrain(cfg, Path(out), time_limit_s=time_limit_s, device=device, progress=progress,
+                                             train=train_from_config)
     cache: dict = {}
     train = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
     val_items: list[LabeledImage] = []
@@ -164,8 +174,6 @@ def train_from_config(
         init = resolve_path(cfg.model.init, config_path, "model.init")
         fresh = init_from(model, init, reinit_head=cfg.model.reinit_head)
         log.info("model.init: weights from %s%s", init, f" (re-initialised: {', '.join(fresh)})" if fresh else "")
-    if time_limit_s is None and cfg.runtime.max_minutes is not None:
-        time_limit_s = cfg.runtime.max_minutes * 60
     samp = cfg.sampling
     train_set = TileDataset(
         train.items, in_shape, out_shape, augment=cfg.augment if samp.augment else None, samples_per_epoch=10**12,
@@ -174,7 +182,7 @@ def train_from_config(
     )
     card = dataclasses.replace(card_for_target(train.target, cfg.data.normalization), postprocess=cfg.postprocess).with_training(
         train=tuple(it.name for it in train.items), val=tuple(it.name for it in val_items), tile=out_shape, data=cfg.train_data.path,
-        init=cfg.model.init,
+        init=origin,
     )
     log.info(
         "training %s on %d image(s), validating on %d; input tile %s -> output %s, batch %d, %d steps",
