@@ -4,7 +4,8 @@
     the same tiles already in memory (tiling, mirroring and copy overhead);
 (b) against MONAI ``sliding_window_inference`` (roi 512, Gaussian blending, overlap 0.25 and
     0.5) running the padded U-Net of the same width (``UNet(padding="same", norm="batch")``):
-    output megapixels per second, unetseg's valid overlap-tile divided by MONAI's;
+    output megapixels per second, unetseg's valid overlap-tile divided by MONAI's; (a) and (b)
+    run every contender at ``--precision`` (fp32, or bf16 autocast for all of them);
 (c) peak resident memory (``VmHWM`` of a fresh subprocess) while segmenting a BIG x BIG
     uint8 TIFF from disk to a float32 BigTIFF on disk with ``predict_file``;
 (d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks;
@@ -60,9 +61,17 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench_ab(net, img, tile, repeats, width):
+def _autocast(precision: str):
+    """bf16 autocast on the CPU, or nothing (fp32)."""
+    import contextlib
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def bench_ab(net, img, tile, repeats, width, precision="fp32"):
     """(a) and (b) in interleaved rounds (best of each): other processes share the cores, so
-    the load drifts during a run and must hit every contender alike."""
+    the load drifts during a run and must hit every contender alike. Every contender runs at
+    ``precision``."""
     plan = tiling.plan_tiles(img.shape, tile, depth=net.depth, padding=net.padding)
     src = img[None]
     windows = {}
@@ -73,17 +82,18 @@ def bench_ab(net, img, tile, repeats, width):
     net.to(memory_format=fmt)
 
     def net_only():
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(precision):
             for xs in windows.values():
                 for x in xs:
-                    probabilities(net(x)).numpy()
+                    probabilities(net(x).float()).numpy()
 
-    predictor = Predictor(net, device="cpu", precision="fp32", channels_last=True)  # prepared once, as the CLI does
+    predictor = Predictor(net, device="cpu", precision=precision, channels_last=True)  # prepared once, as the CLI does
 
     def tiled():
         predictor.predict(img, tile_shape=tile)
 
-    contenders = {"tiled": tiled, "net": net_only, "monai25": monai_runner(width, img, 0.25), "monai50": monai_runner(width, img, 0.5)}
+    contenders = {"tiled": tiled, "net": net_only, "monai25": monai_runner(width, img, 0.25, precision=precision),
+                  "monai50": monai_runner(width, img, 0.5, precision=precision)}
     tiled()  # warm-up: primitives for every tile shape
     net_only()
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -94,8 +104,9 @@ def bench_ab(net, img, tile, repeats, width):
     return {k: min(v) for k, v in times.items()}, plan
 
 
-def monai_runner(width, img, overlap, roi=512):
-    """A callable running MONAI's sliding window with the padded U-Net of the same width."""
+def monai_runner(width, img, overlap, roi=512, precision="fp32"):
+    """A callable running MONAI's sliding window with the padded U-Net of the same width
+    (its forward pass in bf16 autocast for ``precision="bf16"``, blending in fp32)."""
     from monai.inferers import sliding_window_inference
 
     torch.manual_seed(0)
@@ -103,7 +114,8 @@ def monai_runner(width, img, overlap, roi=512):
     net.to(memory_format=torch.channels_last)
 
     def predictor(x):
-        return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)), dim=1)
+        with _autocast(precision):
+            return torch.softmax(net(x.contiguous(memory_format=torch.channels_last)).float(), dim=1)
 
     x = torch.from_numpy(img)[None, None]
 
@@ -214,6 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=64, help="base channels of every network compared (the paper's: 64)")
     ap.add_argument("--size", type=int, default=4096, help="side of the in-memory test image")
     ap.add_argument("--tile", type=int, default=772, help="output tile side of unetseg (valid U-Net)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="(a) and (b): every contender's precision")
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
@@ -233,10 +246,10 @@ def main(argv=None) -> int:
     img = _image(args.size)
     mpx = img.size / 1e6
 
-    best, plan = bench_ab(net, img, args.tile, args.repeats, args.width)
+    best, plan = bench_ab(net, img, args.tile, args.repeats, args.width, args.precision)
     t_net, t_tiled, t_m25, t_m50 = best["net"], best["tiled"], best["monai25"], best["monai50"]
     eff = t_net / t_tiled
-    print(f"(a) {args.size}^2, width {args.width}, {len(plan)} tiles of <= {args.tile} px (plan efficiency {plan.efficiency:.3f}): "
+    print(f"(a) {args.size}^2, width {args.width}, {args.precision}, {len(plan)} tiles of <= {args.tile} px (plan efficiency {plan.efficiency:.3f}): "
           f"overlap-tile {t_tiled:.1f} s ({mpx / t_tiled:.3f} Mpx/s), network alone on the same tiles {t_net:.1f} s "
           f"-> tiling efficiency {eff:.3f}", flush=True)
 
@@ -268,6 +281,7 @@ def main(argv=None) -> int:
         "bf16_dice": round(d, 4),
         "backends": backends,
         "width": args.width,
+        "precision": args.precision,
         "size": args.size,
         "tile": args.tile,
         "big": args.big,
