@@ -119,8 +119,9 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     out = []
     for it in items:
         probs = predictor.predict(it.image, tta=tta)
-        if len(probs) <= 2:
-            probs[card.foreground_class] = fill_small_holes(probs[card.foreground_class], post.fill_holes)
+        if len(probs) <= 2 and post.fill_holes > 1:
+            fg = min(card.foreground_class, len(probs) - 1)
+            probs[fg] = fill_small_holes(probs[fg], post.fill_holes)
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
                                                     split=split, border_class=card.border_class, min_size=min_size))
