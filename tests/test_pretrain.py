@@ -10,7 +10,7 @@ import pytest
 from unetseg.cli import main
 from unetseg.errors import ConfigError
 from unetseg.io import read_image
-from unetseg.models import load_card
+from unetseg.models import ModelCard, UNet, load_card, save
 from unetseg.train.config import TrainConfig, load_train_config
 from unetseg.train.pretrain import PretrainConfig, pretrain
 
@@ -33,6 +33,8 @@ def test_pretrain_trains_on_synthetic_images_for_its_share_of_the_budget(tmp_pat
         folder = Path(cfg.train_data.path)
         seen.update(folder=folder, out=out, limit=time_limit_s, val=cfg.val_data, shift=cfg.calibration.output_shift,
                     images=sorted(p.name for p in (folder / "images").iterdir()), label=read_image(folder / "labels" / "000.png"))
+        out.mkdir(parents=True)
+        save(UNet(1, 2, depth=1, base_channels=2), out / "model-last.safetensors", card=ModelCard().with_training(step=7))
         return SimpleNamespace(step=7)
 
     cfg = TrainConfig(pretrain=PretrainConfig(synthetic="em", count=2, size=48, seed=3, share=0.25))
@@ -71,6 +73,14 @@ def test_train_with_pretrain_starts_from_the_pretrained_weights(tmp_path, monkey
     assert load_card(pre).training.train == ("000", "001") and load_card(pre).training.val == ()
     card = load_card(tmp_path / "run")
     assert card.training.train == ("00", "01") and card.training.init.startswith("pretrain/ (synthetic em: 2 images of 64 px")
-    # resuming continues the recipe's own training; it never pre-trains again
-    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    # resuming continues the recipe's own training; it never pre-trains again, and the card still says where the weights began
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress", "--set", "schedule.steps=5"]) == 0
     assert starts == [pre / "model-last.safetensors"]
+    resumed = load_card(tmp_path / "run")
+    assert resumed.training.step == 5 and resumed.training.init == card.training.init
+
+
+def test_a_bad_data_path_is_reported_before_any_pre_training(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(data=tmp_path / "missing"))
+    assert main(["train", "--config", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    assert not (tmp_path / "run" / "pretrain").exists()

@@ -110,7 +110,7 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     its ``fill_holes`` says, as ``unetseg predict`` does); ``run_dir`` may also be a
     :class:`~unetseg.inference.Predictor` (any backend)."""
     from .inference import Predictor
-    from .postprocess import fill_small_holes, instances_from_probabilities
+    from .postprocess import fill_foreground_holes, instances_from_probabilities
 
     predictor = run_dir if isinstance(run_dir, Predictor) else Predictor.from_path(run_dir)
     card = predictor.card
@@ -119,9 +119,7 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     out = []
     for it in items:
         probs = predictor.predict(it.image, tta=tta)
-        if len(probs) <= 2 and post.fill_holes > 1:
-            fg = min(card.foreground_class, len(probs) - 1)
-            probs[fg] = fill_small_holes(probs[fg], post.fill_holes)
+        fill_foreground_holes(probs, card.foreground_class, post.fill_holes)
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
                                                     split=split, border_class=card.border_class, min_size=min_size))

@@ -98,6 +98,27 @@ def fill_small_holes(prob: np.ndarray, area: int) -> np.ndarray:
     return (-area_opening(-prob, int(area), connectivity=prob.ndim)).astype(prob.dtype, copy=False)
 
 
+def fill_foreground_holes(probs: np.ndarray, foreground_class: int, area: int, *, sections: bool = False) -> np.ndarray:
+    """:func:`fill_small_holes` on the foreground map of class probabilities ``probs`` (classes
+    first), in place; each plane of the first spatial axis alone with ``sections`` (a stack of 2D
+    sections). A map of more than 2 classes has no single foreground and is left as it is.
+
+    Examples
+    --------
+    >>> probs = np.stack([np.zeros((5, 5), np.float32), np.full((5, 5), 0.9, np.float32)])
+    >>> probs[1, 2, 2] = 0.1
+    >>> float(fill_foreground_holes(probs, 1, 3)[1, 2, 2] == probs[1, 2, 1])
+    1.0
+    """
+    if area <= 1 or probs.shape[0] > 2:
+        return probs
+    c = min(foreground_class, probs.shape[0] - 1)
+    planes = probs[c] if sections else probs[c][None]
+    for i in range(len(planes)):
+        planes[i] = fill_small_holes(planes[i], area)
+    return probs
+
+
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` pixels and renumber the rest 1..n in scan order.
 

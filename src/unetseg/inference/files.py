@@ -9,6 +9,7 @@ and ``prob``/``mask`` outputs are written band by band, so memory does not grow 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..imagej import output_axes, read_calibration, rois_path, write_rois
 from ..io import write_image
 from ..normalize import fit_normalization
 from ..omezarr import create_ome_zarr, writes_ome_zarr
+from ..postprocess import fill_foreground_holes
 from .predictor import CARD, Predictor, as_predictor
 
 OUTPUT_KINDS = ("prob", "mask", "labels")
@@ -194,7 +196,7 @@ def predict_array(
 class _Job(NamedTuple):
     output: str
     spec: Any  # normalisation
-    post: tuple  # threshold, split, min_size, fill_holes
+    post: Any  # the card's Postprocess with the caller's overrides
     run: tuple  # dask scheduler, progress, predict_into keywords
 
 
@@ -209,53 +211,38 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
     views = image_views(source, predictor, name, channel=channel)
     stack = len(views) > 1 or views[0].z is not None
     num_classes, spatial, card = predictor.num_classes, views[0].shape[1:], predictor.card
-    threshold, split, min_size, fill = job.post
-    fill = fill if num_classes <= 2 else 0  # holes of a foreground map; a many-class map has none
+    post = job.post
     if job.output == "labels":
         probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
         _run_views(predictor, views, probs, True, job.spec, None, np.float32, job.run)
-        _fill_foreground(probs, card, stack, fill)
-        return _labels(probs, card, threshold, split, min_size), output_axes(False, stack, predictor.spatial_dims)
-    class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, threshold)
+        fill_foreground_holes(probs, card.foreground_class, post.fill_holes, sections=stack)
+        return _labels(probs, card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
+    class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, post.threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
     axes = output_axes(class_axis, stack, predictor.spatial_dims)
     with open_target(out_shape, dtype, axes, "image" if job.output == "prob" else "labels") as target:
-        if fill > 1:
-            _run_views_filled(predictor, views, target, job, transform, fill)
+        if post.fill_holes > 1 and num_classes <= 2:  # whole sections in memory only when there are holes to fill
+            _run_views_filled(predictor, views, target, job, transform)
         else:
             _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
     return target
 
 
-def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None,
-                 fill_holes: int | None) -> tuple[float, str, int, int]:
-    """The card's ``postprocess`` values where the caller gave none."""
-    post = card.postprocess
-    if fill_holes is not None and (isinstance(fill_holes, bool) or int(fill_holes) != fill_holes or fill_holes < 0):
-        raise ConfigError(f"fill_holes: expected a pixel count >= 0, got {fill_holes!r}")
-    return (post.threshold if threshold is None else threshold, post.split if split is None else split,
-            post.min_size if min_size is None else min_size, post.fill_holes if fill_holes is None else int(fill_holes))
+def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None, fill_holes: int | None):
+    """The card's :class:`~unetseg.models.card.Postprocess` with the values the caller gave,
+    checked as the card's own are."""
+    given = {"threshold": threshold, "split": split, "min_size": min_size, "fill_holes": fill_holes}
+    return dataclasses.replace(card.postprocess, **{k: v for k, v in given.items() if v is not None})
 
 
-def _fill_foreground(probs: np.ndarray, card, stack: bool, area: int) -> None:
-    """Fill the small holes of the foreground map in ``probs`` (classes first), section by section."""
-    from ..postprocess import fill_small_holes
-
-    if area <= 1:
-        return
-    c = min(card.foreground_class, probs.shape[0] - 1)
-    planes = probs[c] if stack else probs[c][None]
-    for i in range(len(planes)):
-        planes[i] = fill_small_holes(planes[i], area)
-
-
-def _run_views_filled(predictor: Predictor, views: list, target: Any, job: _Job, transform, area: int) -> None:
+def _run_views_filled(predictor: Predictor, views: list, target: Any, job: _Job, transform) -> None:
     """:func:`_run_views` for a foreground map with holes to fill: each view is predicted whole
-    into memory, filled (:func:`_fill_foreground`), then written through ``transform``."""
+    into memory, filled (:func:`~unetseg.postprocess.fill_foreground_holes`), then written
+    through ``transform``."""
     stack = len(views) > 1 or views[0].z is not None
     for z, view in enumerate(views):
         probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *job.run)
-        _fill_foreground(probs, predictor.card, False, area)
+        fill_foreground_holes(probs, predictor.card.foreground_class, job.post.fill_holes)
         out = transform(probs)
         full = tuple(slice(None) for _ in out.shape)
         (_StackTarget(target, z, False) if stack else _Full(target))[full] = out

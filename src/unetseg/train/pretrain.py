@@ -82,6 +82,15 @@ def pretraining_config(cfg, data_dir: Path):
     )
 
 
+def pretrained_origin(spec: PretrainConfig, out: Path) -> str:
+    """What a model card records as the origin of weights pre-trained as ``spec`` says into
+    ``out/pretrain`` (the steps read from that run's own card, so a resumed run records the same)."""
+    from ..models import load_card
+
+    steps = load_card(Path(out) / PRETRAIN_DIR / "model-last.safetensors").training.step
+    return f"{PRETRAIN_DIR}/ (synthetic {spec.synthetic}: {spec.count} images of {spec.size} px, seed {spec.seed}; {steps} steps)"
+
+
 def pretrain(cfg, out: Path, *, time_limit_s: float | None, device: str | None, progress: bool, train):
     """Run the pre-training stage of ``cfg`` into ``out/pretrain`` with ``train`` (the function
     :func:`unetseg.train.setup.train_from_config`); return ``(cfg, time left, note)``: the recipe
@@ -102,8 +111,7 @@ def pretrain(cfg, out: Path, *, time_limit_s: float | None, device: str | None, 
                        device=device, progress=progress)
     weights = Path(out) / PRETRAIN_DIR / "model-last.safetensors"
     left = max(time_limit_s - (time.perf_counter() - start), 1.0)
-    note = (f"{PRETRAIN_DIR}/ (synthetic {spec.synthetic}: {spec.count} images of {spec.size} px, seed {spec.seed}; "
-            f"{result.step} steps)")
+    note = pretrained_origin(spec, Path(out))
     log.info("pretrain: %d steps on synthetic %s in %.1f min; %.1f min left for the recipe's data",
              result.step, spec.synthetic, (time_limit_s - left) / 60, left / 60)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str(weights))), left, note

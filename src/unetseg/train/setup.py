@@ -22,7 +22,7 @@ from . import distributed as dist_util
 from .config import SplitConfig, TrainConfig
 from .init import init_from
 from .loop import TrainResult, fit, seed_model_init
-from .pretrain import pretrain
+from .pretrain import pretrain, pretrained_origin
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +156,17 @@ def train_from_config(
     info = dist_util.from_env()
     if time_limit_s is None and cfg.runtime.max_minutes is not None:
         time_limit_s = cfg.runtime.max_minutes * 60
-    origin = cfg.model.init
-    if cfg.pretrain.synthetic and not resume:
-        if info.world_size > 1:
-            raise ConfigError("pretrain runs in one process: pre-train with one process, then give its model as model.init")
-        cfg, time_limit_s, origin = pretrain(cfg, Path(out), time_limit_s=time_limit_s, device=device, progress=progress,
-                                             train=train_from_config)
     cache: dict = {}
     train = load_split(cfg.train_data, cfg, config_path, "train_data", progress=progress and info.is_main, cache=cache)
     val_items: list[LabeledImage] = []
     if cfg.val_data is not None and cfg.val_data.path:
         val_items = load_split(cfg.val_data, cfg, config_path, "val_data", cache=cache).items
+    origin = pretrained_origin(cfg.pretrain, Path(out)) if cfg.pretrain.synthetic and resume else cfg.model.init
+    if cfg.pretrain.synthetic and not resume:  # after the recipe's data loaded: its errors come first
+        if info.world_size > 1:
+            raise ConfigError("pretrain runs in one process: pre-train with one process, then give its model as model.init")
+        cfg, time_limit_s, origin = pretrain(cfg, Path(out), time_limit_s=time_limit_s, device=device, progress=progress,
+                                             train=train_from_config)
     args = model_args(cfg, int(train.items[0].image.shape[0]), train.target.num_classes)
     with seed_model_init(cfg.runtime.seed):
         model = build(cfg.model.arch, args)
