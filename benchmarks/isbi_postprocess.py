@@ -4,12 +4,16 @@
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_postprocess.py --cv /tmp/cv
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_postprocess.py --cv /tmp/cv \
         --fill-holes 100 300 1000 --rule warping
+    flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_postprocess.py --cv /tmp/cv \
+        --agglomerate 0.05 0.07 0.1 0.15
 
 Reads the held-out maps that ``unetseg cv`` keeps (``OUT/foldK/held_out/NAME.tif``: each section
 predicted by the fold model that never trained on it) and scores, with the full ISBI 2012
 protocol, the plain maps and :func:`unetseg.membranes.close_membranes` with each candidate of a
 small grid, or (``--fill-holes AREA ...``) :func:`unetseg.postprocess.fill_small_holes` with
-each area. Per candidate it prints the mean over folds of the per-fold metrics. The honest
+each area, or (``--agglomerate AFFINITY ...``) :func:`unetseg.membranes.agglomerate_boundaries`
+with each merge affinity (on maps the card has already post-processed, as ``unetseg cv`` keeps
+them). Per candidate it prints the mean over folds of the per-fold metrics. The honest
 figure is the nested one: for each fold a candidate is chosen on the *other* folds and applied
 to it, and all sections are then scored together (``nested``), against the plain maps scored the
 same way (``plain``). No parameter is chosen on the sections it scores. ``--rule v_rand`` picks
@@ -37,7 +41,7 @@ import numpy as np  # noqa: E402
 from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
-from unetseg.membranes import Closure, close_membranes  # noqa: E402
+from unetseg.membranes import Closure, agglomerate_boundaries, close_membranes  # noqa: E402
 from unetseg.postprocess import fill_small_holes  # noqa: E402
 from unetseg.runtime import cpu_flags  # noqa: E402
 
@@ -64,26 +68,37 @@ def score(maps: np.ndarray, gts: np.ndarray) -> dict:
     return {k: float(res[k]["value"]) for k in KEYS}
 
 
-def candidates(args) -> list[Closure | int | None]:
+@dataclasses.dataclass(frozen=True)
+class Agglomerate:
+    affinity: float
+
+
+def candidates(args) -> list[Closure | Agglomerate | int | None]:
     if args.fill_holes:
         return [None] + list(args.fill_holes)
+    if args.agglomerate:
+        return [None] + [Agglomerate(a) for a in args.agglomerate]
     grid = itertools.product(args.seed, args.sigma, args.min_seed, args.merge, args.h)
     return [None] + [Closure(seed_threshold=s, sigma=g, min_seed_size=m, merge=None if c < 0 else c, h=h) for s, g, m, c, h in grid]
 
 
-def name(c: Closure | int | None) -> str:
+def name(c: Closure | Agglomerate | int | None) -> str:
     if c is None:
         return "plain"
     if isinstance(c, int):
         return f"fill{c}"
+    if isinstance(c, Agglomerate):
+        return f"agglomerate{c.affinity}"
     return f"seed{c.seed_threshold}-sigma{c.sigma}-min{c.min_seed_size}-merge{c.merge}-h{c.h}"
 
 
-def apply(c: Closure | int | None, maps: np.ndarray) -> np.ndarray:
+def apply(c: Closure | Agglomerate | int | None, maps: np.ndarray) -> np.ndarray:
     if c is None:
         return maps
     if isinstance(c, int):
         return np.stack([fill_small_holes(m, c) for m in maps])
+    if isinstance(c, Agglomerate):
+        return agglomerate_boundaries(maps, c.affinity)
     return close_membranes(maps, c)
 
 
@@ -109,6 +124,8 @@ def main() -> None:
     ap.add_argument("--merge", type=float, nargs="+", default=[-1.0], help="merge thresholds; -1 = no merging")
     ap.add_argument("--fill-holes", type=int, nargs="+", default=None, metavar="AREA",
                     help="score hole filling with these areas (pixels) instead of the closure grid")
+    ap.add_argument("--agglomerate", type=float, nargs="+", default=None, metavar="AFFINITY",
+                    help="score waterz agglomeration with these merge affinities instead of the closure grid")
     ap.add_argument("--rule", choices=["v_rand", "warping"], default="v_rand", help="how each fold's candidate is chosen")
     ap.add_argument("--tolerance", type=float, default=0.001, help="--rule warping: V_rand allowed below the plain maps'")
     args = ap.parse_args()

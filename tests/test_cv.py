@@ -91,3 +91,29 @@ def test_held_out_maps_are_post_processed_as_the_card_says(tmp_path):
         maps[area] = predict_held_out(tmp_path / str(area), items, "isbi2012", tta=False)[0]
     assert np.count_nonzero(maps[150] != maps[0]) > 0
     np.testing.assert_array_equal(maps[150], fill_small_holes(maps[0], 150))
+
+
+def test_held_out_maps_are_agglomerated_after_filling_as_the_card_says(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from unetseg.cv import predict_held_out
+    from unetseg.membranes import agglomerate_boundaries
+    from unetseg.models import ModelCard, Postprocess, UNet, save
+    from unetseg.postprocess import fill_small_holes
+
+    items = [SimpleNamespace(image=np.random.default_rng(1).random((1, 40, 44), dtype=np.float32))]
+    maps = {}
+
+    def held_out(name, post):
+        torch.manual_seed(2)
+        save(UNet(1, 2, depth=2, base_channels=2), tmp_path / name, card=ModelCard(postprocess=post))
+        maps[name] = predict_held_out(tmp_path / name, items, "isbi2012", tta=False)[0]
+
+    held_out("plain", Postprocess())
+    level = round(float(np.median(maps["plain"])), 4)  # the random network's map sits near 0.5
+    held_out("closed", Postprocess(fill_holes=150, agglomerate=level))
+    expected = agglomerate_boundaries(fill_small_holes(maps["plain"], 150), level)
+    assert np.count_nonzero(expected != fill_small_holes(maps["plain"], 150)) > 0
+    np.testing.assert_array_equal(maps["closed"], expected)

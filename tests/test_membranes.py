@@ -7,7 +7,16 @@ import pytest
 from scipy import ndimage as ndi
 
 from unetseg.errors import ConfigError, InputError
-from unetseg.membranes import Closure, close_membranes, merge_weak_boundaries, seeded_regions, separating_lines
+from unetseg.membranes import (
+    Closure,
+    agglomerate_boundaries,
+    agglomerated_regions,
+    close_membranes,
+    merge_weak_boundaries,
+    neighbour_affinities,
+    seeded_regions,
+    separating_lines,
+)
 
 
 def test_separating_lines_4_separate_every_pair_of_regions():
@@ -59,3 +68,50 @@ def test_bad_closure_settings_name_the_key(kwargs):
 def test_closure_wants_2d_sections():
     with pytest.raises(InputError, match="2D"):
         close_membranes(np.zeros((2, 2, 2, 2), np.float32))
+
+
+def _cells_with_faint_membrane(rng: np.random.Generator) -> np.ndarray:
+    """Four cells in a 2x2 grid; the vertical membrane between the upper two is faint for a stretch."""
+    p = np.full((40, 40), 0.95, np.float32)
+    p[19:21, :] = 0.05
+    p[:, 19:21] = 0.05
+    p[4:9, 19:21] = 0.45  # five faint rows out of 19: a threshold of 0.4 joins the two upper cells
+    return np.clip(p + rng.normal(0, 0.02, p.shape).astype(np.float32), 0, 1)
+
+
+def test_agglomeration_closes_a_faint_stretch_of_membrane_and_keeps_the_rest_of_the_map():
+    p = _cells_with_faint_membrane(np.random.default_rng(0))
+    assert ndi.label(p > 0.4)[1] == 3  # the two upper cells joined through the faint stretch
+    closed = agglomerate_boundaries(p, 0.3)
+    for th in (0.1, 0.4, 0.5, 0.9):
+        assert ndi.label(closed > th)[1] == 4, th
+    changed = closed != p
+    assert np.all(closed[changed] == 0) and changed.sum() <= 4 * p.shape[0]  # thin lines only
+    # a lower merge affinity merges more: never more regions
+    assert len(np.unique(agglomerated_regions(p, 0.01))) <= len(np.unique(agglomerated_regions(p, 0.3)))
+    np.testing.assert_array_equal(agglomerate_boundaries(p, 0), p)
+
+
+def test_agglomeration_is_quiet_and_works_per_section(capfd):
+    p = np.stack([_cells_with_faint_membrane(np.random.default_rng(s)) for s in (1, 2)])
+    closed = agglomerate_boundaries(p, 0.3)
+    assert capfd.readouterr().out == ""  # waterz's own messages never reach stdout
+    for k in range(2):
+        np.testing.assert_array_equal(closed[k], agglomerate_boundaries(p[k], 0.3))
+    assert len(np.unique(agglomerated_regions(p[0], 0.3))) >= 4
+
+
+def test_neighbour_affinities_are_the_lower_probability_of_each_pair():
+    p = np.random.default_rng(3).random((5, 7), dtype=np.float32)
+    a = neighbour_affinities(p)
+    np.testing.assert_array_equal(a[1, 0, 1:], np.minimum(p[1:], p[:-1]))
+    np.testing.assert_array_equal(a[2, 0, :, 1:], np.minimum(p[:, 1:], p[:, :-1]))
+    assert not a[0].any() and not a[1, 0, 0].any() and not a[2, 0, :, 0].any()
+    with pytest.raises(InputError, match="2D"):
+        neighbour_affinities(np.zeros((2, 3, 3)))
+
+
+@pytest.mark.parametrize("affinity", [1.0, -0.1])
+def test_a_bad_merge_affinity_names_the_key(affinity):
+    with pytest.raises(ConfigError, match="postprocess.agglomerate"):
+        agglomerated_regions(np.full((8, 8), 0.5, np.float32), affinity)

@@ -568,6 +568,39 @@ def test_labels_without_flags_use_the_postprocessing_the_card_records(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o-flag" / "x.tif"), labels["default"])
 
 
+def test_the_cards_agglomeration_closes_boundaries_after_filling_in_every_output(tmp_path):
+    from unetseg.membranes import agglomerate_boundaries
+    from unetseg.models import Postprocess
+    from unetseg.postprocess import fill_small_holes
+
+    rng = np.random.default_rng(6)
+    tifffile.imwrite(tmp_path / "x.tif", rng.integers(0, 255, (48, 56), dtype=np.uint8))
+    runs = {name: tmp_path / name for name in ("plain", "closed")}
+
+    def out(run, *flags):
+        folder = tmp_path / f"o-{run}-{'-'.join(flags)}"
+        assert main(["predict", "--model", str(runs[run]), str(tmp_path / "x.tif"), "--out", str(folder), *flags]) == 0
+        return tifffile.imread(folder / "x.tif")
+
+    def model(name, post):
+        runs[name].mkdir()
+        save(_net(base=2, seed=3), runs[name], card=ModelCard(normalization={"method": "minmax"}, postprocess=post))
+
+    model("plain", Postprocess())
+    plain = out("plain")
+    level = round(float(np.median(plain)), 4)  # the random network's map sits near 0.5: merge at its median
+    model("closed", Postprocess(fill_holes=50, agglomerate=level))
+    closed, expected = out("closed"), agglomerate_boundaries(fill_small_holes(plain, 50), level)
+    assert np.count_nonzero(expected != fill_small_holes(plain, 50)) > 0  # lines were drawn
+    np.testing.assert_array_equal(closed, expected)
+    np.testing.assert_array_equal(out("closed", "--output", "mask"), np.where(closed > 0.5, 255, 0))
+    np.testing.assert_allclose(out("closed", "--dask-scheduler", "threads"), closed, atol=1e-5)
+    np.testing.assert_array_equal(out("closed", "--agglomerate", "0", "--fill-holes", "0"), plain)  # flags win
+    np.testing.assert_array_equal(out("plain", "--agglomerate", str(level), "--fill-holes", "50"), closed)
+    assert main(["predict", "--model", str(runs["closed"]), str(tmp_path / "x.tif"), "--out", str(tmp_path / "bad"), "--agglomerate", "1.5"]) == 1
+    assert not (tmp_path / "bad" / "x.tif").exists()
+
+
 def test_the_cards_fill_holes_fills_every_output_section_by_section(tmp_path):
     from unetseg.models import Postprocess
     from unetseg.postprocess import fill_small_holes

@@ -106,11 +106,11 @@ def reference_labels(item: Any, protocol: str) -> np.ndarray:
 def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tta: bool = True, split: str | None = None,
                      min_size: int | None = None) -> list[np.ndarray]:
     """Foreground probabilities (semantic protocols) or instance labels (ctc, instances) of ``items``
-    (``split``/``min_size``: the card's ``postprocess`` unless given; a 2-class map's holes filled as
-    its ``fill_holes`` says, as ``unetseg predict`` does); ``run_dir`` may also be a
+    (``split``/``min_size``: the card's ``postprocess`` unless given; a 2-class map's holes filled and
+    boundaries agglomerated as its ``fill_holes`` and ``agglomerate`` say, as ``unetseg predict`` does); ``run_dir`` may also be a
     :class:`~unetseg.inference.Predictor` (any backend)."""
     from .inference import Predictor
-    from .postprocess import fill_foreground_holes, instances_from_probabilities
+    from .postprocess import foreground_postprocess, instances_from_probabilities
 
     predictor = run_dir if isinstance(run_dir, Predictor) else Predictor.from_path(run_dir)
     card = predictor.card
@@ -119,7 +119,7 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     out = []
     for it in items:
         probs = predictor.predict(it.image, tta=tta)
-        fill_foreground_holes(probs, card.foreground_class, post.fill_holes)
+        foreground_postprocess(probs, card.foreground_class, post)
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
                                                     split=split, border_class=card.border_class, min_size=min_size))

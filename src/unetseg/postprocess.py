@@ -119,6 +119,33 @@ def fill_foreground_holes(probs: np.ndarray, foreground_class: int, area: int, *
     return probs
 
 
+def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, sections: bool = False) -> np.ndarray:
+    """The card's post-processing of a 2-class foreground map, in place: holes filled
+    (:func:`fill_foreground_holes`, ``post.fill_holes``), then boundaries closed by agglomeration
+    (:func:`unetseg.membranes.agglomerate_boundaries`, ``post.agglomerate``), each plane of the
+    first spatial axis alone with ``sections``. ``post`` is a
+    :class:`~unetseg.models.card.Postprocess`.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> probs = np.stack([np.zeros((5, 5), np.float32), np.full((5, 5), 0.9, np.float32)])
+    >>> probs[1, 2, 2] = 0.1
+    >>> out = foreground_postprocess(probs, 1, SimpleNamespace(fill_holes=3, agglomerate=0.0))
+    >>> float(out[1, 2, 2])
+    0.8999999761581421
+    """
+    fill_foreground_holes(probs, foreground_class, post.fill_holes, sections=sections)
+    if post.agglomerate > 0 and probs.shape[0] <= 2:
+        from .membranes import agglomerate_boundaries
+
+        c = min(foreground_class, probs.shape[0] - 1)
+        planes = probs[c] if sections else probs[c][None]
+        for i in range(len(planes)):
+            planes[i] = agglomerate_boundaries(planes[i], post.agglomerate)
+    return probs
+
+
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` pixels and renumber the rest 1..n in scan order.
 

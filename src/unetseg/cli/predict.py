@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=None, help="labels: remove objects smaller than this many pixels (default: the card's)")
     p.add_argument("--fill-holes", type=int, default=None, metavar="PIXELS",
                    help="2-class models: fill dark structures of the foreground map smaller than this (area closing; 0 = off; default: the card's)")
+    p.add_argument("--agglomerate", type=float, default=None, metavar="AFFINITY",
+                   help="2-class models: close the foreground map's boundaries, merging regions whose boundary's median "
+                        "probability is above this (waterz; 0 = off; default: the card's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             predictor.predict_file(
                 path, target, output=output, threshold=args.threshold, split=args.split, min_size=args.min_size,
-                fill_holes=args.fill_holes,
+                fill_holes=args.fill_holes, agglomerate=args.agglomerate,
                 channel=args.channel, rois=args.rois, tile_shape=args.tile, tta=args.tta, batch_size=args.batch, progress=tile_bar,
                 dask_scheduler=args.dask_scheduler,
                 **({"output_shift": None} if args.no_output_shift else {}),

@@ -68,6 +68,10 @@ def readme_text(name: str, card: ModelCard, meta: dict[str, Any], network: nn.Mo
               *([f"- hole filling: unetseg fills dark structures smaller than {card.postprocess.fill_holes} pixels in "
                  "the foreground map (area closing) before writing any output; other consumers do not"]
                 if card.postprocess.fill_holes > 1 else []),
+              *([f"- closed boundaries: unetseg merges regions of the foreground map whose boundary's median probability "
+                 f"is above {card.postprocess.agglomerate} (waterz agglomeration) and draws the lines between the rest "
+                 "into the map before writing any output; other consumers do not"]
+                if card.postprocess.agglomerate > 0 else []),
               "", "Both are stored under `config.unetseg`; `unetseg predict --model THIS.zip` restores them.", "",
               "## Citation", "",
               "Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation, "

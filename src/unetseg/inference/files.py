@@ -23,7 +23,7 @@ from ..imagej import output_axes, read_calibration, rois_path, write_rois
 from ..io import write_image
 from ..normalize import fit_normalization
 from ..omezarr import create_ome_zarr, writes_ome_zarr
-from ..postprocess import fill_foreground_holes
+from ..postprocess import foreground_postprocess
 from .predictor import CARD, Predictor, as_predictor
 
 OUTPUT_KINDS = ("prob", "mask", "labels")
@@ -85,6 +85,7 @@ def predict_file(
     split: str | None = None,
     min_size: int | None = None,
     fill_holes: int | None = None,
+    agglomerate: float | None = None,
     channel: int | None = None,
     rois: bool = False,
     dask_scheduler: Any = None,
@@ -99,8 +100,9 @@ def predict_file(
     ``"prob"`` float32 probabilities (for a 2-class model the foreground map alone), ``"mask"``
     uint8 (0/255 for 1-2 classes, else the argmax class), ``"labels"`` uint16/uint32 instances
     (:func:`unetseg.postprocess.instances_from_probabilities`, which needs the whole probability
-    map in memory); ``threshold``, ``split``, ``min_size``, ``fill_holes`` default to the card's
-    ``postprocess`` (with ``fill_holes``, each section's foreground map is held in memory whole).
+    map in memory); ``threshold``, ``split``, ``min_size``, ``fill_holes``, ``agglomerate`` default to
+    the card's ``postprocess`` (with ``fill_holes`` or ``agglomerate``, each section's foreground
+    map is held in memory whole).
     ``normalization`` overrides the card's. ``channel`` picks one channel of a multi-channel
     image for a single-channel model. TIFFs are ImageJ hyperstacks with the input's pixel size
     (:mod:`unetseg.imagej`); ``rois`` (labels) also writes ``NAME_rois.zip``, one ROI per object.
@@ -115,7 +117,7 @@ def predict_file(
     predictor = as_predictor(model, device=device, precision=precision)
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
-    post = _postprocess(card, threshold, split, min_size, fill_holes)
+    post = _postprocess(card, threshold=threshold, split=split, min_size=min_size, fill_holes=fill_holes, agglomerate=agglomerate)
     spec = normalization if normalization is not None else card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
     if rois and output != "labels":
@@ -156,6 +158,7 @@ def predict_array(
     split: str | None = None,
     min_size: int | None = None,
     fill_holes: int | None = None,
+    agglomerate: float | None = None,
     channel: int | None = None,
     progress: bool | Any = False,
     open_target: Any = None,
@@ -188,7 +191,8 @@ def predict_array(
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
     data = image if all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(image)
-    job = _Job(output, card.normalization, _postprocess(card, threshold, split, min_size, fill_holes), (None, progress, kwargs))
+    post = _postprocess(card, threshold=threshold, split=split, min_size=min_size, fill_holes=fill_holes, agglomerate=agglomerate)
+    job = _Job(output, card.normalization, post, (None, progress, kwargs))
     result = _segment(predictor, ArraySource(data), "image", job, channel, open_target or _in_memory)
     return result[0] if output == "labels" else result
 
@@ -215,34 +219,33 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
     if job.output == "labels":
         probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
         _run_views(predictor, views, probs, True, job.spec, None, np.float32, job.run)
-        fill_foreground_holes(probs, card.foreground_class, post.fill_holes, sections=stack)
+        foreground_postprocess(probs, card.foreground_class, post, sections=stack)
         return _labels(probs, card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
     class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, post.threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
     axes = output_axes(class_axis, stack, predictor.spatial_dims)
     with open_target(out_shape, dtype, axes, "image" if job.output == "prob" else "labels") as target:
-        if post.fill_holes > 1 and num_classes <= 2:  # whole sections in memory only when there are holes to fill
-            _run_views_filled(predictor, views, target, job, transform)
+        if (post.fill_holes > 1 or post.agglomerate > 0) and num_classes <= 2:  # whole sections only when needed
+            _run_views_whole(predictor, views, target, job, transform)
         else:
             _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
     return target
 
 
-def _postprocess(card, threshold: float | None, split: str | None, min_size: int | None, fill_holes: int | None):
-    """The card's :class:`~unetseg.models.card.Postprocess` with the values the caller gave,
-    checked as the card's own are."""
-    given = {"threshold": threshold, "split": split, "min_size": min_size, "fill_holes": fill_holes}
+def _postprocess(card, **given: Any):
+    """The card's :class:`~unetseg.models.card.Postprocess` with the values the caller gave
+    (``None``: the card's), checked as the card's own are."""
     return dataclasses.replace(card.postprocess, **{k: v for k, v in given.items() if v is not None})
 
 
-def _run_views_filled(predictor: Predictor, views: list, target: Any, job: _Job, transform) -> None:
-    """:func:`_run_views` for a foreground map with holes to fill: each view is predicted whole
-    into memory, filled (:func:`~unetseg.postprocess.fill_foreground_holes`), then written
+def _run_views_whole(predictor: Predictor, views: list, target: Any, job: _Job, transform) -> None:
+    """:func:`_run_views` for a foreground map post-processed whole: each view is predicted into
+    memory, post-processed (:func:`~unetseg.postprocess.foreground_postprocess`), then written
     through ``transform``."""
     stack = len(views) > 1 or views[0].z is not None
     for z, view in enumerate(views):
         probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *job.run)
-        fill_foreground_holes(probs, predictor.card.foreground_class, job.post.fill_holes)
+        foreground_postprocess(probs, predictor.card.foreground_class, job.post)
         out = transform(probs)
         full = tuple(slice(None) for _ in out.shape)
         (_StackTarget(target, z, False) if stack else _Full(target))[full] = out

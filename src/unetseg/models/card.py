@@ -61,20 +61,26 @@ class Postprocess:
     this many pixels are removed; ``threshold``: foreground probability threshold;
     ``fill_holes``: dark structures of a 2-class model's foreground map smaller than this many
     pixels are filled before any output is written (``prob``, ``mask`` and ``labels``;
-    :func:`unetseg.postprocess.fill_small_holes`; 0 = off). A recipe's ``postprocess`` section is
-    what its benchmarks validated; training copies it into the card.
+    :func:`unetseg.postprocess.fill_small_holes`; 0 = off); ``agglomerate``: after that, the
+    boundaries of that map are closed by agglomeration, regions merged while the median affinity
+    along their boundary is above this value, the lines between the rest drawn in as 0
+    (:func:`unetseg.membranes.agglomerate_boundaries`; 0 = off). A recipe's ``postprocess``
+    section is what its benchmarks validated; training copies it into the card.
     """
 
     split: Literal["none", "distance", "border"] = "none"
     min_size: int = 0
     threshold: float = 0.5
     fill_holes: int = 0
+    agglomerate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"postprocess: min_size {self.min_size} must be >= 0 and threshold {self.threshold} in [0, 1]")
         if isinstance(self.fill_holes, bool) or not isinstance(self.fill_holes, int) or self.fill_holes < 0:
             raise ConfigError(f"postprocess.fill_holes: expected a pixel count >= 0, got {self.fill_holes!r}")
+        if isinstance(self.agglomerate, bool) or not isinstance(self.agglomerate, (int, float)) or not 0 <= self.agglomerate < 1:
+            raise ConfigError(f"postprocess.agglomerate: expected a median affinity in [0, 1) (0 = off), got {self.agglomerate!r}")
 
 
 @dataclass(frozen=True)
