@@ -54,6 +54,8 @@ from unetseg.train.setup import steps_for_budget, train_from_config  # noqa: E40
 from monai_baseline import predict_monai, train_monai  # noqa: E402
 
 KEYS = ("pixel_error", "v_rand", "warping_error", "warping_error_splits_mergers", "pixel_error_f1", "v_info")
+# the quality issue's targets on 20-23 (trained on 00-19, <= 30 min): the four ranking metrics
+TARGETS = {"v_rand": 0.985, "pixel_error": 0.065, "warping_error": 0.0012, "warping_error_splits_mergers": 0.0006}
 
 
 def load_split(data: Path, names: set[str]):
@@ -205,13 +207,17 @@ def main() -> int:
         print(f"{k:34s}" + "".join(f"{results[n].get(k, float('nan')):14.5f}" for n in names))
     if len(names) == 2:
         a, b = results["unetseg"], results["monai"]
-        wins = [a["pixel_error"] < b["pixel_error"], a["v_rand"] > b["v_rand"], a["warping_error"] < b["warping_error"]]
         print(f"unetseg/monai ratios: pixel error {a['pixel_error'] / b['pixel_error']:.3f}, "
               f"1-V_rand {(1 - a['v_rand']) / max(1e-12, 1 - b['v_rand']):.3f}, warping error {a['warping_error'] / max(1e-12, b['warping_error']):.3f}")
-        print("unetseg beats MONAI on all three (pixel error, V_rand, warping error):", all(wins))
+        ahead = {k: a[k] > b[k] if k == "v_rand" else a[k] < b[k] for k in TARGETS}
+        print("unetseg ahead of MONAI on:", ", ".join(k for k, v in ahead.items() if v) or "none",
+              f"(all four ranking metrics: {all(ahead.values())})")
     if "unetseg" in results:
         r = results["unetseg"]
-        print(f"issue targets: V_rand >= 0.97: {r['v_rand'] >= 0.97}; pixel error <= 0.07: {r['pixel_error'] <= 0.07}")
+        met = {k: r[k] >= t if k == "v_rand" else r[k] <= t for k, t in TARGETS.items()}
+        print("issue targets (20-23):", "; ".join(f"{k} {'>=' if k == 'v_rand' else '<='} {t}: {met[k]}" for k, t in TARGETS.items()))
+    print(json.dumps({"summary": True, "results": {n: {k: results[n][k] for k in KEYS + ("steps",)} for n in names},
+                      "minutes": args.minutes, **runtime.cpu_flags()}), flush=True)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -10,7 +10,9 @@
     uint8 TIFF from disk to a float32 BigTIFF on disk with ``predict_file``;
 (d) bf16 autocast versus fp32: speed ratio and Dice of the thresholded masks;
 (e) with ``--backends``: the Predictor backends (eager fp32, eager at ``precision: auto``, compiled,
-    int8) on the (d) image side by side, as ``benchmarks/backend_speed.py --predictor`` measures them.
+    int8) on the (d) image side by side, as ``benchmarks/backend_speed.py --predictor`` measures them;
+(f) with ``--tile-sweep SIDE ...``: output megapixels per second of the network alone on square
+    output tiles of each side, at ``--precision`` (where a larger tile stops paying).
 
 Ends with one JSON line: vs_monai_025, vs_monai_05, tiling_efficiency, peak_rss_gib,
 bf16_speedup (plus bf16_dice and the settings). Run it alone (``flock /tmp/unetseg-bench.lock``);
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from unetseg import runtime, tiling
+from unetseg.sizes import input_shape_for
 from unetseg.models import ModelCard, UNet, save
 from unetseg.inference import Predictor, probabilities, read_mirrored
 
@@ -215,6 +218,21 @@ def _backends(net, args) -> dict[str, dict]:
                 "mask_agreement": round(v["mask_agreement"], 5)} for k, v in found.items()}
 
 
+def tile_sweep(net, sides: list[int], precision: str) -> dict[int, float]:
+    """(f) Output megapixels per second of the network alone (channels-last, as the Predictor
+    runs it on the CPU) for square output tiles of each side: where the tile size stops paying."""
+    net.to(memory_format=torch.channels_last)
+    out = {}
+    for side in sides:
+        x = torch.randn(1, 1, *input_shape_for((side, side), net.depth, net.padding)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), _autocast(precision):
+            net(x)  # warm-up: oneDNN primitives for this shape
+            t = _best(lambda: net(x), 1)
+        out[side] = round(side * side / t / 1e6, 4)
+        print(f"(f) output tile {side}^2, {precision}: {t:.2f} s per tile, {out[side]:.3f} Mpx/s", flush=True)
+    return out
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     inter = np.logical_and(a, b).sum()
     total = a.sum() + b.sum()
@@ -225,13 +243,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=64, help="base channels of every network compared (the paper's: 64)")
     ap.add_argument("--size", type=int, default=4096, help="side of the in-memory test image")
-    ap.add_argument("--tile", type=int, default=772, help="output tile side of unetseg (valid U-Net)")
+    ap.add_argument("--tile", type=int, default=772,
+                    help="output tile side of unetseg (valid U-Net); 0: the Predictor's own choice on this machine, as the CLI makes it")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="(a) and (b): every contender's precision")
     ap.add_argument("--big", type=int, default=16384, help="side of the disk-to-disk image for peak RSS (0: skip)")
     ap.add_argument("--bf16-size", type=int, default=1024, help="side of the image for the bf16 comparison")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (best of each is kept)")
     ap.add_argument("--rss-only", action="store_true", help="only (c): peak memory of the TIFF and OME-Zarr outputs")
     ap.add_argument("--backends", action="store_true", help="(e): every Predictor backend on the --bf16-size image, side by side")
+    ap.add_argument("--tile-sweep", type=int, nargs="+", default=None, metavar="SIDE",
+                    help="(f): the network alone on output tiles of these sides, at --precision")
     args = ap.parse_args(argv)
     runtime.configure_threads()
     # Process-wide, so MONAI's sliding window below runs with the same allocator setting.
@@ -245,6 +266,9 @@ def main(argv=None) -> int:
     net = UNet(1, 2, base_channels=args.width, dropout=0.0).eval()
     img = _image(args.size)
     mpx = img.size / 1e6
+    if args.tile == 0:
+        args.tile = int(Predictor(net, device="cpu", precision=args.precision).tile_shape_for(None)[0])
+        print(f"    output tiles of {args.tile} px: the Predictor's choice (largest within its memory budget)", flush=True)
 
     best, plan = bench_ab(net, img, args.tile, args.repeats, args.width, args.precision)
     t_net, t_tiled, t_m25, t_m50 = best["net"], best["tiled"], best["monai25"], best["monai50"]
@@ -269,6 +293,7 @@ def main(argv=None) -> int:
     print(f"(d) {args.bf16_size}^2 fp32 {t32:.1f} s, bf16 autocast {t16:.1f} s -> speed-up {t32 / t16:.2f}x, mask Dice {d:.4f}", flush=True)
 
     backends = _backends(net, args) if args.backends else None
+    sweep = tile_sweep(net, args.tile_sweep, args.precision) if args.tile_sweep else None
     rss = _rss(args)
     print(f"    (this process: ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB)", flush=True)
     print(json.dumps({
@@ -280,6 +305,7 @@ def main(argv=None) -> int:
         "bf16_speedup": round(t32 / t16, 3),
         "bf16_dice": round(d, 4),
         "backends": backends,
+        "tile_sweep_mpx_s": sweep,
         "width": args.width,
         "precision": args.precision,
         "size": args.size,

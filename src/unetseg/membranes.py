@@ -180,16 +180,21 @@ def close_membranes(cell_prob: np.ndarray, closure: Closure = Closure()) -> np.n
     >>> float(close_membranes(p, Closure(sigma=0, min_seed_size=1))[2, 3:6].min())
     0.0
     """
-    prob = np.asarray(cell_prob, dtype=np.float32)
+    def regions(prob: np.ndarray) -> np.ndarray:
+        seeded = seeded_regions(prob, closure)
+        return seeded if closure.merge is None else merge_weak_boundaries(_smoothed(prob, closure.sigma), seeded, closure.merge)
+
+    return _lines_drawn(np.asarray(cell_prob, dtype=np.float32), regions)
+
+
+def _lines_drawn(prob: np.ndarray, partition) -> np.ndarray:
+    """``prob`` with the :func:`separating_lines` of ``partition(section)`` set to 0, per section."""
     if prob.ndim == 3:
-        return np.stack([close_membranes(s, closure) for s in prob])
+        return np.stack([_lines_drawn(s, partition) for s in prob])
     if prob.ndim != 2:
-        raise InputError(f"close_membranes expects a 2D section or a stack of them, got shape {prob.shape}")
-    regions = seeded_regions(prob, closure)
-    if closure.merge is not None:
-        regions = merge_weak_boundaries(_smoothed(prob, closure.sigma), regions, closure.merge)
+        raise InputError(f"membrane closing expects a 2D section or a stack of them, got shape {prob.shape}")
     out = prob.copy()
-    out[separating_lines(regions)] = 0.0
+    out[separating_lines(partition(prob))] = 0.0
     return out
 
 
@@ -271,11 +276,7 @@ def agglomerate_boundaries(cell_prob: np.ndarray, merge_affinity: float) -> np.n
     prob = np.asarray(cell_prob, dtype=np.float32)
     if merge_affinity == 0:
         return prob
-    if prob.ndim == 3:
-        return np.stack([agglomerate_boundaries(s, merge_affinity) for s in prob])
-    out = prob.copy()
-    out[separating_lines(agglomerated_regions(prob, merge_affinity))] = 0.0
-    return out
+    return _lines_drawn(prob, lambda section: agglomerated_regions(section, merge_affinity))
 
 
 @contextlib.contextmanager

@@ -123,8 +123,8 @@ def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, se
     """The card's post-processing of a 2-class foreground map, in place: holes filled
     (:func:`fill_foreground_holes`, ``post.fill_holes``), then boundaries closed by agglomeration
     (:func:`unetseg.membranes.agglomerate_boundaries`, ``post.agglomerate``), each plane of the
-    first spatial axis alone with ``sections``. ``post`` is a
-    :class:`~unetseg.models.card.Postprocess`.
+    first spatial axis alone with ``sections`` (the agglomeration works on 2D sections: a 3D map
+    is closed slice by slice in any case). ``post`` is a :class:`~unetseg.models.card.Postprocess`.
 
     Examples
     --------
