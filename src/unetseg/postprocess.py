@@ -98,33 +98,13 @@ def fill_small_holes(prob: np.ndarray, area: int) -> np.ndarray:
     return (-area_opening(-prob, int(area), connectivity=prob.ndim)).astype(prob.dtype, copy=False)
 
 
-def fill_foreground_holes(probs: np.ndarray, foreground_class: int, area: int, *, sections: bool = False) -> np.ndarray:
-    """:func:`fill_small_holes` on the foreground map of class probabilities ``probs`` (classes
-    first), in place; each plane of the first spatial axis alone with ``sections`` (a stack of 2D
-    sections). A map of more than 2 classes has no single foreground and is left as it is.
-
-    Examples
-    --------
-    >>> probs = np.stack([np.zeros((5, 5), np.float32), np.full((5, 5), 0.9, np.float32)])
-    >>> probs[1, 2, 2] = 0.1
-    >>> float(fill_foreground_holes(probs, 1, 3)[1, 2, 2] == probs[1, 2, 1])
-    1.0
-    """
-    if area <= 1 or probs.shape[0] > 2:
-        return probs
-    c = min(foreground_class, probs.shape[0] - 1)
-    planes = probs[c] if sections else probs[c][None]
-    for i in range(len(planes)):
-        planes[i] = fill_small_holes(planes[i], area)
-    return probs
-
-
 def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, sections: bool = False) -> np.ndarray:
     """The card's post-processing of a 2-class foreground map, in place: holes filled
-    (:func:`fill_foreground_holes`, ``post.fill_holes``), then boundaries closed by agglomeration
+    (:func:`fill_small_holes`, ``post.fill_holes``), then boundaries closed by agglomeration
     (:func:`unetseg.membranes.agglomerate_boundaries`, ``post.agglomerate``), each plane of the
     first spatial axis alone with ``sections`` (the agglomeration works on 2D sections: a 3D map
     is closed slice by slice in any case). ``post`` is a :class:`~unetseg.models.card.Postprocess`.
+    A map of more than 2 classes has no single foreground and is left as it is.
 
     Examples
     --------
@@ -135,14 +115,14 @@ def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, se
     >>> float(out[1, 2, 2])
     0.8999999761581421
     """
-    fill_foreground_holes(probs, foreground_class, post.fill_holes, sections=sections)
-    if post.agglomerate > 0 and probs.shape[0] <= 2:
-        from .membranes import agglomerate_boundaries
+    if probs.shape[0] > 2 or (post.fill_holes <= 1 and post.agglomerate <= 0):
+        return probs
+    from .membranes import agglomerate_boundaries
 
-        c = min(foreground_class, probs.shape[0] - 1)
-        planes = probs[c] if sections else probs[c][None]
-        for i in range(len(planes)):
-            planes[i] = agglomerate_boundaries(planes[i], post.agglomerate)
+    c = min(foreground_class, probs.shape[0] - 1)
+    planes = probs[c] if sections else probs[c][None]
+    for i in range(len(planes)):
+        planes[i] = agglomerate_boundaries(fill_small_holes(planes[i], post.fill_holes), post.agglomerate)
     return probs
 
 
