@@ -62,9 +62,12 @@ def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int) -> lis
 
     cfg = load_train_config(run / "config.yaml")
     split = dataclasses.replace(cfg.train_data, path=str(data))
-    items = load_train_split(split, cfg, None, "train_data")
+    items = load_train_split(split, cfg, None, "train_data").items
     out_shape = tuple(cfg.tile)
-    ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=cfg.augment, seed=12345)
+    samp = cfg.sampling
+    ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=cfg.augment if samp.augment else None,
+                     foreground_bias=samp.foreground_bias, border_bias=samp.border_bias,
+                     border_threshold=samp.border_threshold, seed=12345)
     return [ds[i]["image"][None] for i in range(n)]
 
 

@@ -80,6 +80,22 @@ def test_border_split_seeds_from_confident_interiors_not_from_an_uncertain_gap()
         watershed_split(mask, border=prob[2])
 
 
+def test_border_split_makes_no_object_of_border_without_an_interior():
+    """A halo of border probability in empty background (no confident interior) is no object;
+    the distance split still keeps every component of its mask."""
+    prob = np.zeros((3, 12, 30), np.float32)
+    prob[0] = 1.0
+    prob[:, 2:10, 2:12] = np.array([0.0, 0.2, 0.8])[:, None, None]  # a cell: rim of border...
+    prob[:, 4:8, 4:10] = np.array([0.0, 0.9, 0.1])[:, None, None]  # ...around a confident interior
+    prob[:, 3:9, 18:26] = np.array([0.45, 0.1, 0.45])[:, None, None]  # 48 px of border alone: cell+border 0.55
+    labels = instances_from_probabilities(prob, split="border", border_class=2, min_size=4)
+    assert labels.max() == 1 and labels[6, 6] == 1 and not labels[:, 15:].any()
+    assert np.array_equal(labels > 0, (prob[1] + prob[2] > 0.5) & (np.arange(30) < 15))
+    two = np.zeros((9, 20), bool)
+    two[1:8, 1:6] = two[2:4, 10:12] = True  # a block and a 4-pixel speck: both kept by the distance split
+    assert watershed_split(two).max() == 2
+
+
 def test_small_object_removal_and_sequential_labels():
     labels = np.zeros((10, 10), np.int32)
     labels[0:3, 0:3] = 5

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from unetseg.config import from_dict
 from unetseg.errors import TrainingError
 from unetseg.models import ModelCard, UNet, load_with_config
-from unetseg.train import TrainConfig, fit, latest_checkpoint, seed_model_init
+from unetseg.train import TrainConfig, fit, latest_checkpoint, recompute_statistics, seed_model_init
+from unetseg.train.batchnorm import refresh_indices
 from unetseg.train.checkpoint import list_checkpoints, read_checkpoint
 from unetseg.train.plots import read_metrics
 
@@ -279,6 +280,7 @@ def test_training_saves_the_mean_of_the_weights_since_start(tmp_path, decay, sta
     """With a checkpoint after every step, the saved model is the mean of the raw weights after
     steps ``first``..8 (``start`` = 0.5 of 8 steps: the updates after steps 5-8)."""
     cfg = tiny_cfg(checkpoint={"every": 1, "keep_last": 100}, averaging={"enabled": True, "decay": decay, "start": start},
+                   batch_norm={"refresh_tiles": 0},  # the averaged statistics themselves, not recomputed ones
                    model={"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4, "norm": "batch"}})
     _run(tmp_path / "run", cfg)
     raw = _checkpoint_states(tmp_path / "run")
@@ -321,6 +323,56 @@ def test_resume_needs_the_average_the_config_asks_for(tmp_path):
     cfg = tiny_cfg(averaging={"enabled": True})
     with pytest.raises(TrainingError, match="no weight average"):
         _run(tmp_path / "run", cfg, resume=True)
+
+
+# ------------------------------------------------------------------ batch-norm statistics
+
+_BN_MODEL = {"arch": "UNet", "args": {"in_channels": 1, "num_classes": 2, "depth": 2, "base_channels": 4, "norm": "batch", "dropout": 0.0}}
+
+
+def _val_items(n: int = 1) -> list[Item]:
+    ds = TinyTiles(60, 60, seed=99)
+    return [Item(f"v{i}", ds[i]["image"].numpy(), ds[i]["target"].numpy()) for i in range(n)]
+
+
+def test_saved_batch_norm_statistics_are_the_mean_over_the_last_tiles(tmp_path):
+    """The saved model's statistics are recomputed over the samples of the last 5 steps, its
+    weights are the trained ones, and metrics.jsonl records the recomputation."""
+    cfg = tiny_cfg(model=_BN_MODEL, batch_norm={"refresh_tiles": 10})
+    model, _ = _run(tmp_path / "run", cfg)
+    saved = load_file(str(tmp_path / "run" / "model-last.safetensors"))
+    trained = _checkpoint_states(tmp_path / "run")[8]
+    expected = make_model(cfg)
+    expected.load_state_dict(trained)
+    ds = dataset_for(expected, cfg)
+    recompute_statistics(expected, [torch.stack([ds[i]["image"] for i in idx]) for idx in refresh_indices(8, 10, 2)])
+    assert [idx[0] for idx in refresh_indices(8, 10, 2)] == [6, 8, 10, 12, 14]  # steps 3..7 of batch size 2
+    want = expected.state_dict()
+    stats = [k for k in saved if "running" in k]
+    assert stats and all(torch.allclose(saved[k], want[k], atol=1e-5) for k in stats)
+    assert all(torch.equal(saved[k], trained[k]) for k in saved if "running" not in k and "num_batches" not in k)
+    recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "batch_norm"]
+    assert [(r["step"], r["tiles"]) for r in recs] == [(8, 10)]
+    # refresh_tiles 0 keeps the running averages training left
+    _run(tmp_path / "off", tiny_cfg(model=_BN_MODEL, batch_norm={"refresh_tiles": 0}))
+    off = load_file(str(tmp_path / "off" / "model-last.safetensors"))
+    left = _checkpoint_states(tmp_path / "off")[8]
+    assert all(torch.equal(off[k], left[k]) for k in off)
+    assert not any(torch.allclose(off[k], saved[k], atol=1e-5) for k in stats if k.endswith("running_var"))
+
+
+def test_validation_sees_recomputed_statistics_and_resume_stays_exact(tmp_path):
+    cfg = tiny_cfg(model=_BN_MODEL, batch_norm={"refresh_tiles": 6}, validation={"every": 4, "metric": "dice"})
+    _run(tmp_path / "full", cfg, val_set=_val_items())
+    recs = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    kinds = [(r["kind"], r["step"]) for r in recs if r["kind"] in ("batch_norm", "val")]
+    assert kinds == [("batch_norm", 4), ("val", 4), ("batch_norm", 8), ("val", 8)]
+    _run(tmp_path / "part", cfg, val_set=_val_items(), stop_after=5)
+    _run(tmp_path / "part", cfg, val_set=_val_items(), resume=True)
+    for name in ("model.safetensors", "model-last.safetensors"):
+        a = load_file(str(tmp_path / "full" / name))
+        b = load_file(str(tmp_path / "part" / name))
+        assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-6, name
 
 
 # ------------------------------------------------------------------ memory format

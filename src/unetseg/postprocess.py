@@ -207,8 +207,10 @@ def watershed_split(
     Returns
     -------
     ndarray
-        uint16/uint32 labels, 0 background; every connected component of ``mask`` keeps at least
-        one label.
+        uint16/uint32 labels, 0 background. Without ``border`` every connected component of
+        ``mask`` keeps at least one label; with it, only the components that hold a seed do: a
+        patch of border probability with no confident interior (a halo in empty background)
+        is no object.
 
     Examples
     --------
@@ -233,9 +235,9 @@ def watershed_split(
         surface = border
     else:
         distance = ndi.distance_transform_edt(mask)
-        markers = _peak_markers(distance, mask, min_distance, h)
+        markers = _with_orphans(_peak_markers(distance, mask, min_distance, h), mask, structure)
         surface = -distance
-    labels = watershed(surface, markers=_with_orphans(markers, mask, structure), mask=mask, connectivity=connectivity)
+    labels = watershed(surface, markers=markers, mask=mask, connectivity=connectivity)
     return relabel_sequential(labels)
 
 

@@ -7,6 +7,7 @@ Typical use (what ``unetseg train`` does)::
 """
 
 from .averaging import AveragingConfig, WeightAverage
+from .batchnorm import BatchNormConfig, recompute_statistics
 from .checkpoint import CheckpointConfig, latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import ModelConfig, RuntimeConfig, TrainConfig, ValidationConfig, load_train_config
 from .loop import StepBatchSampler, TrainResult, fit, seed_model_init, step_seed
@@ -14,6 +15,7 @@ from .optim import OptimConfig, ScheduleConfig, build_optimizer, lr_at, lr_facto
 
 __all__ = [
     "AveragingConfig",
+    "BatchNormConfig",
     "CheckpointConfig",
     "ModelConfig",
     "OptimConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "load_train_config",
     "lr_at",
     "lr_factor",
+    "recompute_statistics",
     "save_checkpoint",
     "seed_model_init",
     "step_seed",

@@ -15,6 +15,7 @@ A config file looks like::
     checkpoint: {every: 500, keep_last: 3}
     calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
     averaging: {enabled: false}          # unetseg.train.averaging.AveragingConfig
+    batch_norm: {refresh_tiles: 64}      # unetseg.train.batchnorm.BatchNormConfig
     postprocess: {split: none, min_size: 0}  # unetseg.models.card.Postprocess: --output labels defaults
     pretrain: {synthetic: null}          # unetseg.train.pretrain.PretrainConfig
     runtime: {device: auto, precision: auto, seed: 0}
@@ -37,6 +38,7 @@ from ..errors import ConfigError
 from ..losses import LossConfig
 from ..models.card import Postprocess
 from .averaging import AveragingConfig
+from .batchnorm import BatchNormConfig
 from .calibrate import CalibrationConfig
 from .checkpoint import CheckpointConfig
 from .optim import OptimConfig, ScheduleConfig
@@ -208,6 +210,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    batch_norm: BatchNormConfig = field(default_factory=BatchNormConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     postprocess: Postprocess = field(default_factory=Postprocess)  # copied into the model card
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

@@ -37,7 +37,7 @@ from ..data.loader import StepBatchSampler, train_loader
 from ..models import ModelCard
 from .config import TrainConfig
 from .runlock import held_run_folder
-from .stages import after_step, close_run, finish_run, record_step, setup_run, train_step
+from .stages import after_step, close_run, finish_run, record_step, seeded_rng, setup_run, train_step
 
 __all__ = ["StepBatchSampler", "TrainResult", "fit", "seed_model_init", "step_seed"]
 
@@ -51,16 +51,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     True
     """
     return int(np.random.SeedSequence([seed, step, rank, 0x7E57]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device):
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(seed)
-        yield
 
 
 class _StopSignal:
@@ -102,7 +92,7 @@ class TrainResult:
 
 def seed_model_init(seed: int) -> contextlib.AbstractContextManager:
     """Context in which building a model draws its initial weights from ``seed`` only."""
-    return _seeded(int(np.random.SeedSequence([seed, 0x1417]).generate_state(1, np.uint64)[0] >> np.uint64(1)), torch.device("cpu"))
+    return seeded_rng(int(np.random.SeedSequence([seed, 0x1417]).generate_state(1, np.uint64)[0] >> np.uint64(1)), torch.device("cpu"))
 
 
 def fit(
@@ -152,7 +142,7 @@ def fit(
         try:
             with _StopSignal() as stopper:
                 for batch in batches:
-                    seeded = lambda: _seeded(step_seed(rt.seed, state.step, info.rank), state.device)  # noqa: E731
+                    seeded = lambda: seeded_rng(step_seed(rt.seed, state.step, info.rank), state.device)  # noqa: E731
                     loss, lr, grad_norm = train_step(state, batch, seeded)
                     asked = on_step is not None and bool(on_step(state.step, loss))
                     record_step(state, loss, lr, grad_norm)

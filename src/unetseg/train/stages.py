@@ -35,6 +35,7 @@ from ..models import ModelCard, load_with_config
 from ..models import save as save_model
 from . import distributed as dist_util
 from .averaging import WeightAverage
+from .batchnorm import recompute_statistics, refresh_indices
 from .calibrate import calibrate_model
 from .checkpoint import latest_checkpoint, load_checkpoint, read_averaged, save_checkpoint
 from .config import TrainConfig
@@ -44,6 +45,17 @@ from .progress import Progress
 from .validate import metric_mode, validate
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """The torch RNG (and CUDA's on a CUDA device) seeded with ``seed`` inside, restored after."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 class MetricsLog:
@@ -96,6 +108,7 @@ class RunState:
     best_metric: float | None = None
     best_step: int | None = None
     bad_validations: int = 0
+    bn_step: int | None = None  # the step whose batch-norm statistics were last recomputed
     prior_s: float = 0.0  # training time before a resume
     t_start: float = field(default_factory=time.perf_counter)
     status: str = "completed"
@@ -332,9 +345,30 @@ def _is_better(value: float | None, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def batch_norm_stage(state: RunState) -> None:
+    """Recompute the batch-norm statistics of the weights in use over training tiles (every rank alike)."""
+    tiles = state.cfg.batch_norm.refresh_tiles
+    if tiles == 0 or state.bn_step == state.step:
+        return
+    t0 = time.perf_counter()
+
+    def batches() -> list[Tensor]:
+        stacked = [torch.stack([state.train_set[i]["image"] for i in idx]) for idx in refresh_indices(state.step, tiles, state.cfg.batch_size)]
+        return [b.to(state.device, memory_format=state.memory_format) for b in stacked]
+
+    seed = int(np.random.SeedSequence([state.cfg.runtime.seed, state.step, 0xB4]).generate_state(1)[0])
+    with seeded_rng(seed, state.device), runtime.autocast(state.device, state.precision):
+        done = recompute_statistics(state.weights(), batches)
+    state.bn_step = state.step
+    if done:
+        state.metrics.write({"kind": "batch_norm", "step": state.step, "tiles": tiles, "seconds": round(time.perf_counter() - t0, 2)})
+
+
 def validate_stage(state: RunState) -> bool:
     """Validate on rank 0, keep the best model, draw overlays; True when early stopping says stop."""
     stop = False
+    if state.val_set:
+        batch_norm_stage(state)
     if state.info.is_main and state.val_set:
         vc, step, card = state.cfg.validation, state.step, state.card
         t0 = time.perf_counter()
@@ -386,6 +420,8 @@ def finish_run(state: RunState) -> None:
     """Stage 4: calibrate, validate and checkpoint the final weights, check that DDP ranks agree."""
     status, step, total = state.status, state.step, state.total
     finished = status in ("time_limit", "early_stopped") or (status == "completed" and step >= total)
+    if finished:
+        batch_norm_stage(state)
     if finished and state.cfg.calibration.output_shift:
         calibrate_stage(state)
     if status == "completed" and step < total:  # stop_after reached before the end
