@@ -2,6 +2,7 @@
 
     .venv/bin/unetseg cv --config configs/hela.yaml --folds 3 --minutes 9 --out /tmp/cv-hela
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/hela_postprocess.py --cv /tmp/cv-hela
+    ... --split border --min-size 50 --threshold 0.5 0.6 0.7   # a recipe with a border class
 
 Each held-out frame of the ``unetseg cv`` folder is predicted again (8-fold TTA, the card's
 normalisation and output shift) by the fold model that never trained on it, and turned into
@@ -11,9 +12,11 @@ For each candidate it prints the per-fold mean CTC SEG (per frame, then over the
 and the share of predicted objects that touch no reference cell, over all frames and over the
 frames whose annotation is complete (:func:`unetseg.data.targets.partial_frames`: a frame with
 fewer than half the median number of annotated cells is partial, and its unannotated cells
-count as false objects there although they are cells). The candidates are not chosen on these
-same frames here: read the table as a cross-validated comparison, not a tuned result. Ends with
-one JSON line per candidate and the CPU's flags.
+count as false objects there although they are cells). The table itself is not a tuned result:
+a candidate's row is scored on the frames it would be chosen on. The cross-validated figure is
+the nested one at the end: for each fold the candidate with the best pooled SEG on the *other*
+folds' frames is applied to it, and all frames are then scored together. Ends with one JSON line
+per candidate, then a summary line (chosen candidate per fold, nested SEG), with the CPU's flags.
 """
 
 from __future__ import annotations
@@ -26,22 +29,36 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
+from isbi_weight_averaging import training_tiles  # noqa: E402
+
 from unetseg.data.targets import partial_frames  # noqa: E402
 from unetseg.inference import Predictor, predict_array  # noqa: E402
+from unetseg.models import load_with_config  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.metrics.ctc import seg_score  # noqa: E402
 from unetseg.postprocess import instances_from_probabilities  # noqa: E402
 from unetseg.runtime import cpu_flags  # noqa: E402
+from unetseg.train.batchnorm import recompute_statistics  # noqa: E402
 
 
-def held_out(cv: Path, data: Path, sequence: str) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+def fold_predictor(fold: Path, data: Path, bn_refresh: int) -> Predictor:
+    """The fold's model, its batch-norm statistics recomputed over ``bn_refresh`` training tiles if > 0."""
+    if not bn_refresh:
+        return Predictor.from_path(fold)
+    model, meta = load_with_config(fold / "model.safetensors")
+    recompute_statistics(model, training_tiles(fold, data, model, bn_refresh))
+    return Predictor(model, card=meta["card"])
+
+
+def held_out(cv: Path, data: Path, sequence: str, bn_refresh: int = 0) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
     """(fold, frame, class probabilities, reference labels) of every held-out frame."""
     out = []
     for fold in sorted(cv.glob("fold*")):
-        predictor = Predictor.from_path(fold)
+        predictor = fold_predictor(fold, data, bn_refresh)
         for f in sorted((fold / "held_out").glob("*.tif")):
             frame = f.stem.split("_t")[-1]
             prob = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="prob", tta=True)
@@ -57,12 +74,29 @@ def false_objects(gt: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     return len(ids) - len(touching), len(ids)
 
 
+def matches(gt: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
+    """(reference cells no predicted object covers by more than half, as SEG leaves them at 0;
+    area of the covering object / area of the cell, for every covered cell)."""
+    missed, ratios = 0, []
+    for r in np.unique(gt[gt > 0]):
+        cell = gt == r
+        ids, counts = np.unique(labels[cell], return_counts=True)
+        over = [i for i, c in zip(ids, counts) if i and c > 0.5 * cell.sum()]
+        if over:
+            ratios.append(float((labels == over[0]).sum() / cell.sum()))
+        else:
+            missed += 1
+    return missed, ratios
+
+
 def score(frames, split: str, min_size: int, threshold: float) -> dict:
     partial = dict(zip([f for _, f, _, _ in frames], partial_frames([gt for *_, gt in frames])))
     per_fold: dict[int, list[float]] = {}
     per_object: list[float] = []  # each frame's SEG once per reference object: SEG pooled as `unetseg cv` pools it
     false_all = [0, 0]
     false_complete = [0, 0]
+    missed: dict[str, int] = {}
+    area_ratios: list[float] = []
     for fold, frame, probs, gt in frames:
         labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
                                               border_class=2 if probs.shape[0] == 3 else None)
@@ -70,12 +104,40 @@ def score(frames, split: str, min_size: int, threshold: float) -> dict:
         per_object += [per_fold[fold][-1]] * len(np.unique(gt[gt > 0]))
         bad, n = false_objects(gt, labels)
         false_all = [false_all[0] + bad, false_all[1] + n]
+        lost, ratios = matches(gt, labels)
+        missed[frame], area_ratios = lost, area_ratios + ratios
         if not partial[frame]:
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
     return {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
+            "missed_cells_per_frame": missed, "area_ratio_median": round(float(np.median(area_ratios)), 3) if area_ratios else None,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
+
+
+def labelled(frames, split: str, min_size: int, threshold: float) -> list[tuple[int, np.ndarray, int]]:
+    """(fold, SEG, reference objects) of every frame with one candidate's instances."""
+    out = []
+    for fold, _, probs, gt in frames:
+        labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
+                                              border_class=2 if probs.shape[0] == 3 else None)
+        out.append((fold, seg_score(gt, labels), len(np.unique(gt[gt > 0]))))
+    return out
+
+
+def nested(frames, candidates: list[tuple[str, int, float]]) -> dict:
+    """Each fold scored with the candidate whose pooled SEG is best on the other folds' frames."""
+    table = {c: labelled(frames, *c) for c in candidates}
+
+    def pooled(rows, keep) -> float:
+        rows = [(s, n) for f, s, n in rows if keep(f)]
+        return sum(s * n for s, n in rows) / max(sum(n for _, n in rows), 1)
+
+    folds = sorted({f for f, *_ in frames})
+    chosen = {f: max(candidates, key=lambda c: pooled(table[c], lambda g: g != f)) for f in folds}
+    rows = [row for f in folds for row in table[chosen[f]] if row[0] == f]
+    return {"nested_seg_pooled": round(pooled(rows, lambda f: True), 4),
+            "chosen_per_fold": {str(f): {"split": c[0], "min_size": c[1], "threshold": c[2]} for f, c in chosen.items()}}
 
 
 def main(argv=None) -> int:
@@ -86,15 +148,24 @@ def main(argv=None) -> int:
     ap.add_argument("--split", nargs="+", default=["none", "distance"], help="none, distance; border for a 3-class (border) recipe")
     ap.add_argument("--min-size", nargs="+", type=int, default=[50, 150])
     ap.add_argument("--threshold", nargs="+", type=float, default=[0.5, 0.6])
+    ap.add_argument("--bn-refresh", type=int, default=0,
+                    help="recompute each fold model's batch-norm statistics over N augmented tiles of its training frames first "
+                         "(for folds trained before batch_norm.refresh_tiles existed)")
     args = ap.parse_args(argv)
-    frames = held_out(args.cv, args.data, args.sequence)
-    for split, min_size, threshold in itertools.product(args.split, args.min_size, args.threshold):
+    frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh)
+    candidates = list(itertools.product(args.split, args.min_size, args.threshold))
+    for split, min_size, threshold in candidates:
         r = score(frames, split, min_size, threshold)
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
         print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
-              f"({fc[0] / max(fc[1], 1):.3f})", flush=True)
+              f"({fc[0] / max(fc[1], 1):.3f}); cells missed {sum(r['missed_cells_per_frame'].values())} "
+              f"(most in one frame {max(r['missed_cells_per_frame'].values())}), matched object / cell area median {r['area_ratio_median']}", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
+    summary = nested(frames, candidates)
+    print(f"nested over folds (each fold's setting chosen on the other folds): pooled SEG {summary['nested_seg_pooled']:.4f}; "
+          + "; ".join(f"fold {f}: {c['split']} min {c['min_size']} thr {c['threshold']}" for f, c in summary["chosen_per_fold"].items()))
+    print(json.dumps({"summary": True, **summary, "cpu_flags": cpu_flags()}), flush=True)
     return 0
 
 

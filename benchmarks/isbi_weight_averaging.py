@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unetseg.models import load_with_config  # noqa: E402
+from unetseg.train.batchnorm import recompute_statistics  # noqa: E402
 from unetseg.train.calibrate import calibrate_model  # noqa: E402
 from unetseg.train.checkpoint import list_checkpoints, read_checkpoint  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
@@ -69,22 +70,6 @@ def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int) -> lis
                      foreground_bias=samp.foreground_bias, border_bias=samp.border_bias,
                      border_threshold=samp.border_threshold, seed=12345)
     return [ds[i]["image"][None] for i in range(n)]
-
-
-def refresh_batch_norm(model: torch.nn.Module, tiles: list[torch.Tensor]) -> None:
-    """Recompute the batch-norm statistics as the plain mean over ``tiles``."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative mean over the tiles
-    model.train()
-    with torch.no_grad():
-        for x in tiles:
-            model(x)
-    for m, mom in zip(norms, saved):
-        m.momentum = mom
-    model.eval()
 
 
 def main() -> int:
@@ -137,7 +122,7 @@ def main() -> int:
         model.load_state_dict(saved_state if w is None else average_states(states, w))
         model.eval()
         if refresh:
-            refresh_batch_norm(model, tiles)
+            recompute_statistics(model, tiles)
         shift, _ = calibrate_model(model, train_items, calib, device=torch.device("cpu"))
         probs = [predict_probs(model, it.image, tta=True, device=torch.device("cpu"), precision="fp32", output_shift=shift)[1]
                  for it in val_items]

@@ -73,8 +73,8 @@ def test_refresh_indices_are_the_last_steps_samples(step, tiles, batch, expected
 
 
 def test_config_default_and_bad_values():
-    assert TrainConfig().batch_norm == BatchNormConfig(refresh_tiles=64)
-    assert from_dict(TrainConfig, {"batch_norm": {"refresh_tiles": 0}}).batch_norm.refresh_tiles == 0
+    assert TrainConfig().batch_norm == BatchNormConfig(refresh_tiles=0)  # off unless a recipe asks
+    assert from_dict(TrainConfig, {"batch_norm": {"refresh_tiles": 64}}).batch_norm.refresh_tiles == 64
     with pytest.raises(ConfigError, match="batch_norm.refresh_tiles"):
         from_dict(TrainConfig, {"batch_norm": {"refresh_tiles": -1}})
     with pytest.raises(ConfigError, match="batch_norm"):

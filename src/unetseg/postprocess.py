@@ -207,10 +207,8 @@ def watershed_split(
     Returns
     -------
     ndarray
-        uint16/uint32 labels, 0 background. Without ``border`` every connected component of
-        ``mask`` keeps at least one label; with it, only the components that hold a seed do: a
-        patch of border probability with no confident interior (a halo in empty background)
-        is no object.
+        uint16/uint32 labels, 0 background. Every component of ``mask`` keeps a label, except
+        with ``border``: border with no seed inside (a halo in empty background) is no object.
 
     Examples
     --------

@@ -15,7 +15,7 @@ A config file looks like::
     checkpoint: {every: 500, keep_last: 3}
     calibration: {output_shift: false}  # unetseg.train.calibrate.CalibrationConfig
     averaging: {enabled: false}          # unetseg.train.averaging.AveragingConfig
-    batch_norm: {refresh_tiles: 64}      # unetseg.train.batchnorm.BatchNormConfig
+    batch_norm: {refresh_tiles: 0}       # unetseg.train.batchnorm.BatchNormConfig
     postprocess: {split: none, min_size: 0}  # unetseg.models.card.Postprocess: --output labels defaults
     pretrain: {synthetic: null}          # unetseg.train.pretrain.PretrainConfig
     runtime: {device: auto, precision: auto, seed: 0}
