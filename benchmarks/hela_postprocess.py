@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from isbi_weight_averaging import training_tiles  # noqa: E402
 
@@ -50,6 +51,7 @@ def fold_predictor(fold: Path, data: Path, bn_refresh: int) -> Predictor:
     if not bn_refresh:
         return Predictor.from_path(fold)
     model, meta = load_with_config(fold / "model.safetensors")
+    torch.manual_seed(0)  # the dropout of the pass that collects the statistics: the same on every call
     recompute_statistics(model, training_tiles(fold, data, model, bn_refresh))
     return Predictor(model, card=meta["card"])
 
