@@ -91,19 +91,22 @@ def matches(gt: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
     return missed, ratios
 
 
-def score(frames, split: str, min_size: int, threshold: float) -> dict:
+def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tuple[int, float, int]], dict]:
+    """(per frame: fold, SEG, reference objects; the candidate's summary)."""
     partial = dict(zip([f for _, f, _, _ in frames], partial_frames([gt for *_, gt in frames])))
     per_fold: dict[int, list[float]] = {}
     per_object: list[float] = []  # each frame's SEG once per reference object: SEG pooled as `unetseg cv` pools it
     false_all = [0, 0]
     false_complete = [0, 0]
     missed: dict[str, int] = {}
+    rows: list[tuple[int, float, int]] = []  # (fold, SEG, reference objects) per frame, for the nested choice
     area_ratios: list[float] = []
     for fold, frame, probs, gt in frames:
         labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
                                               border_class=2 if probs.shape[0] == 3 else None)
         per_fold.setdefault(fold, []).append(seg_score(gt, labels))
         per_object += [per_fold[fold][-1]] * len(np.unique(gt[gt > 0]))
+        rows.append((fold, per_fold[fold][-1], len(np.unique(gt[gt > 0]))))
         bad, n = false_objects(gt, labels)
         false_all = [false_all[0] + bad, false_all[1] + n]
         lost, ratios = matches(gt, labels)
@@ -111,31 +114,22 @@ def score(frames, split: str, min_size: int, threshold: float) -> dict:
         if not partial[frame]:
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
-    return {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
+    return rows, {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
             "missed_cells_per_frame": missed, "area_ratio_median": round(float(np.median(area_ratios)), 3) if area_ratios else None,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
 
 
-def labelled(frames, split: str, min_size: int, threshold: float) -> list[tuple[int, np.ndarray, int]]:
-    """(fold, SEG, reference objects) of every frame with one candidate's instances."""
-    out = []
-    for fold, _, probs, gt in frames:
-        labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
-                                              border_class=2 if probs.shape[0] == 3 else None)
-        out.append((fold, seg_score(gt, labels), len(np.unique(gt[gt > 0]))))
-    return out
-
-
-def nested(frames, candidates: list[tuple[str, int, float]]) -> dict:
-    """Each fold scored with the candidate whose pooled SEG is best on the other folds' frames."""
-    table = {c: labelled(frames, *c) for c in candidates}
+def nested(table: dict[tuple[str, int, float], list[tuple[int, float, int]]]) -> dict:
+    """Each fold scored with the candidate whose pooled SEG is best on the other folds' frames;
+    ``table`` maps each candidate to its (fold, SEG, reference objects) per frame (``score``'s rows)."""
+    candidates = list(table)
 
     def pooled(rows, keep) -> float:
         rows = [(s, n) for f, s, n in rows if keep(f)]
         return sum(s * n for s, n in rows) / max(sum(n for _, n in rows), 1)
 
-    folds = sorted({f for f, *_ in frames})
+    folds = sorted({f for f, *_ in table[candidates[0]]})
     chosen = {f: max(candidates, key=lambda c: pooled(table[c], lambda g: g != f)) for f in folds}
     rows = [row for f in folds for row in table[chosen[f]] if row[0] == f]
     return {"nested_seg_pooled": round(pooled(rows, lambda f: True), 4),
@@ -156,15 +150,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh)
     candidates = list(itertools.product(args.split, args.min_size, args.threshold))
+    table = {}
     for split, min_size, threshold in candidates:
-        r = score(frames, split, min_size, threshold)
+        table[(split, min_size, threshold)], r = score(frames, split, min_size, threshold)
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
         print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
               f"({fc[0] / max(fc[1], 1):.3f}); cells missed {sum(r['missed_cells_per_frame'].values())} "
               f"(most in one frame {max(r['missed_cells_per_frame'].values())}), matched object / cell area median {r['area_ratio_median']}", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
-    summary = nested(frames, candidates)
+    summary = nested(table)
     print(f"nested over folds (each fold's setting chosen on the other folds): pooled SEG {summary['nested_seg_pooled']:.4f}; "
           + "; ".join(f"fold {f}: {c['split']} min {c['min_size']} thr {c['threshold']}" for f, c in summary["chosen_per_fold"].items()))
     print(json.dumps({"summary": True, **summary, "cpu_flags": cpu_flags()}), flush=True)

@@ -63,13 +63,18 @@ def test_a_network_without_batch_norm_draws_no_tiles():
     assert has_batch_norm(_net())
 
 
-@pytest.mark.parametrize("step, tiles, batch, expected", [
-    (10, 3, 1, [[7], [8], [9]]),
-    (10, 3, 2, [[16, 17], [18, 19]]),
-    (0, 2, 1, [[0], [1]]),
+@pytest.mark.parametrize("step, tiles, batch, world, expected", [
+    (10, 3, 1, 1, [[7], [8], [9]]),
+    (10, 3, 2, 1, [[16, 17], [18, 19]]),
+    (0, 2, 1, 1, [[0], [1]]),
+    (10, 4, 2, 2, [[32, 33], [36, 37]]),  # rank 0's batches of steps 8 and 9
 ])
-def test_refresh_indices_are_the_last_steps_samples(step, tiles, batch, expected):
-    assert refresh_indices(step, tiles, batch) == expected
+def test_refresh_indices_are_rank_zeros_samples_of_the_last_steps(step, tiles, batch, world, expected):
+    from unetseg.data.loader import StepBatchSampler
+
+    assert refresh_indices(step, tiles, batch, world) == expected
+    first = max(0, step - len(expected))
+    assert expected == list(StepBatchSampler(first, first + len(expected), batch, rank=0, world_size=world))
 
 
 def test_config_default_and_bad_values():

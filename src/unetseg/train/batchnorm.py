@@ -59,11 +59,12 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
-def refresh_indices(step: int, tiles: int, batch_size: int) -> list[list[int]]:
-    """Dataset indices of the refresh batches at ``step``: the samples of the last steps of rank 0.
+def refresh_indices(step: int, tiles: int, batch_size: int, world_size: int = 1) -> list[list[int]]:
+    """Dataset indices of the refresh batches at ``step``: rank 0's samples of the last steps.
 
-    The indices are those training drew (or will draw, early in a run) for rank 0, so they are
-    the same on every rank and a pure function of the step.
+    Step ``k`` of rank ``r`` trains on samples ``(k * world_size + r) * batch_size + b``
+    (:class:`unetseg.data.loader.StepBatchSampler`); these are rank 0's of the steps before
+    ``step`` (or after it, early in a run), so every rank uses the same tiles.
 
     Examples
     --------
@@ -71,10 +72,12 @@ def refresh_indices(step: int, tiles: int, batch_size: int) -> list[list[int]]:
     [[7], [8], [9]]
     >>> refresh_indices(1, 4, 2)  # early in a run: the first samples
     [[0, 1], [2, 3]]
+    >>> refresh_indices(10, 2, 1, world_size=2)  # rank 0's samples of steps 8 and 9
+    [[16], [18]]
     """
     batches = -(-tiles // batch_size)
     first = max(0, step - batches)
-    return [[(first + k) * batch_size + b for b in range(batch_size)] for k in range(batches)]
+    return [[(first + k) * world_size * batch_size + b for b in range(batch_size)] for k in range(batches)]
 
 
 def recompute_statistics(model: nn.Module, batches: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]], *,

@@ -353,7 +353,7 @@ def batch_norm_stage(state: RunState) -> None:
     t0 = time.perf_counter()
 
     def batches() -> list[Tensor]:
-        stacked = [torch.stack([state.train_set[i]["image"] for i in idx]) for idx in refresh_indices(state.step, tiles, state.cfg.batch_size)]
+        stacked = [torch.stack([state.train_set[i]["image"] for i in idx]) for idx in refresh_indices(state.step, tiles, state.cfg.batch_size, state.info.world_size)]
         return [b.to(state.device, memory_format=state.memory_format) for b in stacked]
 
     seed = int(np.random.SeedSequence([state.cfg.runtime.seed, state.step, 0xB4]).generate_state(1)[0])
