@@ -193,8 +193,8 @@ def test_nan_from_monkeypatched_loss(tmp_path, monkeypatch):
 
     real = loop.build_loss
 
-    def poisoned(cfg):
-        fn = real(cfg)
+    def poisoned(cfg, **kw):
+        fn = real(cfg, **kw)
         return lambda logits, batch: fn(logits, batch) + float("inf")
 
     monkeypatch.setattr(loop, "build_loss", poisoned)

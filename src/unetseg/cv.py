@@ -117,9 +117,11 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     post = card.postprocess
     split, min_size = (post.split if split is None else split), (post.min_size if min_size is None else min_size)
     out = []
+    c, offsets = predictor.num_classes, predictor.affinity_offsets
     for it in items:
-        probs = predictor.predict(it.image, tta=tta)
-        foreground_postprocess(probs, card.foreground_class, post)
+        outputs = predictor.predict(it.image, tta=tta, affinities=bool(post.mutex_watershed and offsets))
+        probs = foreground_postprocess(outputs[:c], card.foreground_class, post, affinities=outputs[c:] if len(outputs) > c else None,
+                                       offsets=offsets)
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
                                                     split=split, border_class=card.border_class, min_size=min_size))

@@ -244,6 +244,38 @@ def skeleton_recall_loss(logits: Tensor, target: Tensor, mask: Tensor | None = N
     return 1 - recall.mean()
 
 
+def affinity_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None, *, offsets: tuple[tuple[int, ...], ...],
+                  foreground: int = 1) -> Tensor:
+    """Binary cross-entropy of affinity logits ``(N, K, *spatial)`` against the affinities of the
+    target's objects, averaged over the pairs that count (both pixels in the tile and unmasked).
+
+    The objects are the connected parts (face-connected) of the target's ``foreground`` class
+    (ISBI 2012: the cells between the membranes), labelled per tile on the CPU inside the training
+    step; two pixels have affinity 1 when they lie in the same object
+    (:func:`unetseg.affinities.affinity_targets`).
+
+    Examples
+    --------
+    >>> target = torch.ones(1, 6, 6, dtype=torch.long); target[0, :, 2] = 0  # two cells, one membrane
+    >>> offs = ((0, -2), (0, 2), (-2, 0), (2, 0))
+    >>> round(float(affinity_loss(torch.zeros(1, 4, 6, 6), target, offsets=offs)), 4)  # logits 0: log 2
+    0.6931
+    """
+    from scipy import ndimage as ndi
+
+    from .affinities import affinity_targets
+
+    _check(logits[:, :1], target)
+    labels = target.detach().cpu().numpy()
+    valid = np.ones(labels.shape, bool) if mask is None else mask.detach().cpu().numpy().astype(bool)
+    faces = ndi.generate_binary_structure(labels.ndim - 1, 1)
+    pairs = [affinity_targets(ndi.label(lab == foreground, structure=faces)[0], offsets, ok) for lab, ok in zip(labels, valid)]
+    aff = torch.from_numpy(np.stack([a for a, _ in pairs])).to(logits.device)
+    counts = torch.from_numpy(np.stack([m for _, m in pairs])).to(logits.device, torch.float32)
+    per_pair = F.binary_cross_entropy_with_logits(logits.float(), aff, reduction="none")
+    return (per_pair * counts).sum() / counts.sum().clamp_min(1)
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Which loss to train with.
@@ -266,6 +298,10 @@ class LossConfig:
         Weight of the Skeleton Recall term added to the loss (0: off; its authors use 1).
     skeleton_classes : list of int, optional
         The thin-structure classes whose skeletons are recalled (ISBI 2012: ``[0]``, the membrane).
+    affinity_weight : float
+        Weight of :func:`affinity_loss` for a network with ``affinity_offsets`` (ignored without).
+    affinity_class : int
+        The class whose connected parts are the objects the affinities separate (ISBI: 1, cells).
     """
 
     name: Literal["ce", "bce", "dice", "dice_ce"] = "ce"
@@ -277,13 +313,19 @@ class LossConfig:
     dice_smooth: float = 1.0
     skeleton_weight: float = 0.0
     skeleton_classes: list[int] | None = None
+    affinity_weight: float = 1.0
+    affinity_class: int = 1
 
 
 LossFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
 
-def build_loss(cfg: LossConfig) -> LossFn:
+def build_loss(cfg: LossConfig, *, num_classes: int | None = None, affinity_offsets: tuple[tuple[int, ...], ...] = ()) -> LossFn:
     """A function ``loss(logits, batch)`` for ``cfg``; ``batch`` holds target, weight and mask.
+
+    With ``affinity_offsets`` the logits hold ``num_classes`` class channels and then one per
+    offset: the class losses see the former, :func:`affinity_loss` (times ``affinity_weight``)
+    the latter.
 
     Examples
     --------
@@ -298,15 +340,29 @@ def build_loss(cfg: LossConfig) -> LossFn:
         raise ConfigError(f"loss.reduction {cfg.reduction!r}: expected one of {', '.join(REDUCTIONS)}")
     if cfg.skeleton_weight < 0 or (cfg.skeleton_weight > 0 and not cfg.skeleton_classes):
         raise ConfigError("loss.skeleton_weight needs loss.skeleton_classes (the thin-structure classes) and must be >= 0")
+    if cfg.affinity_weight < 0 or cfg.affinity_class < 0:
+        raise ConfigError(f"loss.affinity_weight and loss.affinity_class must be >= 0 (got {cfg.affinity_weight}, {cfg.affinity_class})")
     classes = tuple(cfg.dice_classes) if cfg.dice_classes is not None else None
     base = _base_loss(cfg, classes)
-    if cfg.skeleton_weight == 0:
+    if cfg.skeleton_weight > 0:
+        base = _with_skeleton(base, cfg.skeleton_weight, tuple(cfg.skeleton_classes or ()))
+    if not affinity_offsets:
         return base
-    skeleton_classes = tuple(cfg.skeleton_classes or ())
+    c = int(num_classes or 0)
+    if c < 1:
+        raise ValueError("build_loss: affinity_offsets need num_classes (the class channels before them)")
 
+    def with_affinities(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        aff = affinity_loss(logits[:, c:], batch["target"], batch.get("mask"), offsets=affinity_offsets, foreground=cfg.affinity_class)
+        return base(logits[:, :c], batch) + cfg.affinity_weight * aff
+
+    return with_affinities
+
+
+def _with_skeleton(base: LossFn, weight: float, classes: tuple[int, ...]) -> LossFn:
     def with_skeleton(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-        recall = skeleton_recall_loss(logits, batch["target"], batch.get("mask"), classes=skeleton_classes)
-        return base(logits, batch) + cfg.skeleton_weight * recall
+        recall = skeleton_recall_loss(logits, batch["target"], batch.get("mask"), classes=classes)
+        return base(logits, batch) + weight * recall
 
     return with_skeleton
 

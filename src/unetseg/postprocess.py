@@ -98,13 +98,16 @@ def fill_small_holes(prob: np.ndarray, area: int) -> np.ndarray:
     return (-area_opening(-prob, int(area), connectivity=prob.ndim)).astype(prob.dtype, copy=False)
 
 
-def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, sections: bool = False) -> np.ndarray:
+def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, sections: bool = False,
+                           affinities: np.ndarray | None = None, offsets: tuple = ()) -> np.ndarray:
     """The card's post-processing of a 2-class foreground map, in place: holes filled
     (:func:`fill_small_holes`, ``post.fill_holes``), then boundaries closed by agglomeration
-    (:func:`unetseg.membranes.agglomerate_boundaries`, ``post.agglomerate``), each plane of the
-    first spatial axis alone with ``sections`` (the agglomeration works on 2D sections: a 3D map
-    is closed slice by slice in any case). ``post`` is a :class:`~unetseg.models.card.Postprocess`.
-    A map of more than 2 classes has no single foreground and is left as it is.
+    (:func:`unetseg.membranes.agglomerate_boundaries`, ``post.agglomerate``) or by the mutex
+    watershed on the model's ``affinities`` (``(K, *spatial)`` for ``offsets``;
+    :func:`unetseg.affinities.mutex_boundaries`, ``post.mutex_watershed``), each plane of the
+    first spatial axis alone with ``sections`` (both work on 2D sections: a 3D map is closed
+    slice by slice in any case). ``post`` is a :class:`~unetseg.models.card.Postprocess`. A map of
+    more than 2 classes has no single foreground and is left as it is.
 
     Examples
     --------
@@ -115,14 +118,22 @@ def foreground_postprocess(probs: np.ndarray, foreground_class: int, post, *, se
     >>> float(out[1, 2, 2])
     0.8999999761581421
     """
-    if probs.shape[0] > 2 or (post.fill_holes <= 1 and post.agglomerate <= 0):
+    mutex = bool(getattr(post, "mutex_watershed", False))
+    if probs.shape[0] > 2 or (post.fill_holes <= 1 and post.agglomerate <= 0 and not mutex):
         return probs
+    if mutex and (affinities is None or not offsets):
+        raise InputError("postprocess.mutex_watershed needs the model's affinity outputs (a model trained with "
+                         "model.args.affinity_offsets, predicted in this process)")
+    from .affinities import mutex_boundaries
     from .membranes import agglomerate_boundaries
 
     c = min(foreground_class, probs.shape[0] - 1)
     planes = probs[c] if sections else probs[c][None]
+    aff = None if affinities is None else (affinities if sections else affinities[:, None])
     for i in range(len(planes)):
-        planes[i] = agglomerate_boundaries(fill_small_holes(planes[i], post.fill_holes), post.agglomerate)
+        filled = fill_small_holes(planes[i], post.fill_holes)
+        planes[i] = (mutex_boundaries(filled, aff[:, i], offsets, threshold=post.threshold) if mutex
+                     else agglomerate_boundaries(filled, post.agglomerate))
     return probs
 
 

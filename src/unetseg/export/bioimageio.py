@@ -251,6 +251,10 @@ def _write_package(source: str | os.PathLike, out: Path, *, authors: list[str], 
     from ..models import load_with_config
 
     network, meta = load_with_config(source)
+    if getattr(network, "affinity_offsets", ()):
+        raise ModelFileError(f"{source}: a model with affinity outputs cannot be described as a bioimage.io package yet (its "
+                             "consumers would read every channel as a class); export it as ONNX or TorchScript, whose output "
+                             "holds the class logits and then one affinity logit per offset")
     network.eval()
     card: ModelCard = meta["card"]
     side = graphs.trace_side(network)

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 
 BACKENDS = ("torch", "compile", "int8", "onnxruntime")
 _ATTRIBUTES = ("spatial_dims", "in_channels", "num_classes", "depth", "padding", "halo", "size_divisor",
-               "activation_memory_factor", "config", "arch")
+               "activation_memory_factor", "config", "arch", "affinity_offsets")
 
 
 class OnnxRuntimeNetwork(nn.Module):

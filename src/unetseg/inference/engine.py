@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import sizes, tiling
+from ..affinities import tta_permutation
 from ..errors import InputError
 from ..runtime import autocast, memory_format
 from .shift import RowShifter
@@ -131,17 +132,31 @@ def _invert(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis (sigmoid for a single output channel), in float32."""
+def probabilities(logits: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Softmax over the class axis (sigmoid for a single output channel), in float32; channels
+    beyond ``num_classes`` (a network's affinities) get a sigmoid each.
+
+    Examples
+    --------
+    >>> p = probabilities(torch.zeros(1, 3, 1, 1), num_classes=2)
+    >>> p.flatten().tolist()
+    [0.5, 0.5, 0.5]
+    """
     logits = logits.float()
+    if num_classes is not None and logits.shape[1] > num_classes:
+        head, rest = logits[:, :num_classes], logits[:, num_classes:]
+        return torch.cat([probabilities(head), torch.sigmoid(rest)], dim=1)
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def network_probabilities(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``network(x)`` as float32 probabilities: :func:`probabilities` of its logits, or its output
-    itself for a network that ``returns_probabilities`` (a foreign package's own postprocessing)."""
+    """``network(x)`` as float32 probabilities: :func:`probabilities` of its logits (its affinity
+    channels, if any, each by a sigmoid), or its output itself for a network that
+    ``returns_probabilities`` (a foreign package's own postprocessing)."""
     out = network(x)
-    return out.float() if getattr(network, "returns_probabilities", False) else probabilities(out)
+    if getattr(network, "returns_probabilities", False):
+        return out.float()
+    return probabilities(out, int(network.num_classes) if getattr(network, "affinity_offsets", ()) else None)
 
 
 def resolve_channels_last(channels_last: bool | str, device: torch.device, dims: int) -> bool:
@@ -173,14 +188,21 @@ def prepared_copy(model: nn.Module, device: torch.device, fmt: torch.memory_form
 
 def tta_forward(network: nn.Module, batch: np.ndarray, *, device: torch.device, precision: str, fmt: torch.memory_format, tta: bool) -> np.ndarray:
     """Float32 probabilities ``(N, classes, *tile)`` of a batch of input tiles ``(N, C, *in)``,
-    averaged over the 8 rotations/flips when ``tta``, under autocast ``precision``."""
+    averaged over the 8 rotations/flips when ``tta``, under autocast ``precision``. A network's
+    affinity channels follow its classes; under each rotation/flip they are mapped back onto the
+    offsets they predict (:func:`unetseg.affinities.tta_permutation`)."""
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
     transforms = dihedral_transforms(x.ndim - 2) if tta else [(0, False)]
+    offsets = getattr(network, "affinity_offsets", ())
     total = None
     with torch.inference_mode(), autocast(device, precision):
         for k, flip in transforms:
             xt = _apply(x, k, flip).contiguous(memory_format=fmt)
             p = _invert(network_probabilities(network, xt), k, flip)
+            if offsets and (k or flip):  # channel j now holds the affinity along T^-1(offset j)
+                c = int(network.num_classes)
+                back = np.argsort(tta_permutation(offsets, k, flip))
+                p = torch.cat([p[:, :c], p[:, c:][:, torch.as_tensor(back, device=p.device)]], dim=1)
             total = p if total is None else total + p
     total = total / len(transforms)
     return total.to("cpu", torch.float32).contiguous().numpy()

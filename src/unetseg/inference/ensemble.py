@@ -21,7 +21,7 @@ from ..errors import ModelFileError
 from ..models.files import WEIGHTS_NAME
 from .predictor import Predictor
 
-_GEOMETRY = ("halo", "depth", "padding", "spatial_dims", "in_channels", "num_classes")
+_GEOMETRY = ("halo", "depth", "padding", "spatial_dims", "in_channels", "num_classes", "affinity_offsets")
 
 
 def model_paths(path: str | os.PathLike) -> list[Path]:

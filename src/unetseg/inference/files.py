@@ -217,15 +217,16 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
     num_classes, spatial, card = predictor.num_classes, views[0].shape[1:], predictor.card
     post = job.post
     if job.output == "labels":
-        probs = np.empty((num_classes, len(views), *spatial) if stack else (num_classes, *spatial), np.float32)
-        _run_views(predictor, views, probs, True, job.spec, None, np.float32, job.run)
-        foreground_postprocess(probs, card.foreground_class, post, sections=stack)
-        return _labels(probs, card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
+        run, n = _affinity_run(predictor, post, job.run)
+        probs = np.empty((n, len(views), *spatial) if stack else (n, *spatial), np.float32)
+        _run_views(predictor, views, probs, True, job.spec, None, np.float32, run)
+        _postprocess_outputs(predictor, probs, post, stack)
+        return _labels(probs[:num_classes], card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
     class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, post.threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
     axes = output_axes(class_axis, stack, predictor.spatial_dims)
     with open_target(out_shape, dtype, axes, "image" if job.output == "prob" else "labels") as target:
-        if (post.fill_holes > 1 or post.agglomerate > 0) and num_classes <= 2:  # whole sections only when needed
+        if (post.fill_holes > 1 or post.agglomerate > 0 or post.mutex_watershed) and num_classes <= 2:  # whole sections only when needed
             _run_views_whole(predictor, views, target, job, transform)
         else:
             _run_views(predictor, views, target, class_axis, job.spec, transform, dtype, job.run)
@@ -243,12 +244,32 @@ def _run_views_whole(predictor: Predictor, views: list, target: Any, job: _Job, 
     memory, post-processed (:func:`~unetseg.postprocess.foreground_postprocess`), then written
     through ``transform``."""
     stack = len(views) > 1 or views[0].z is not None
+    run, _ = _affinity_run(predictor, job.post, job.run)
     for z, view in enumerate(views):
-        probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *job.run)
-        foreground_postprocess(probs, predictor.card.foreground_class, job.post)
+        probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *run)
+        probs = _postprocess_outputs(predictor, probs, job.post, False)
         out = transform(probs)
         full = tuple(slice(None) for _ in out.shape)
         (_StackTarget(target, z, False) if stack else _Full(target))[full] = out
+
+
+def _affinity_run(predictor: Predictor, post, run: tuple) -> tuple[tuple, int]:
+    """``run`` asking for the affinity channels too when the post-processing needs them, and the
+    number of output channels that gives. Dask computes the class channels only (the
+    post-processing then says it needs the prediction in this process)."""
+    scheduler, progress, kwargs = run
+    if not (post.mutex_watershed and predictor.affinity_offsets) or scheduler is not None:
+        return run, predictor.num_classes
+    return (scheduler, progress, {**kwargs, "affinities": True}), predictor.num_outputs
+
+
+def _postprocess_outputs(predictor: Predictor, outputs: np.ndarray, post, sections: bool) -> np.ndarray:
+    """:func:`~unetseg.postprocess.foreground_postprocess` of the class channels of ``outputs``
+    (in place), with the affinity channels after them if there are any; the class channels."""
+    c = predictor.num_classes
+    affinities = outputs[c:] if outputs.shape[0] > c else None
+    return foreground_postprocess(outputs[:c], predictor.card.foreground_class, post, sections=sections, affinities=affinities,
+                                  offsets=predictor.affinity_offsets)
 
 
 def _run_views(predictor: Predictor, views: list, target: Any, class_axis: bool, spec, transform, dtype, run: tuple) -> None:
@@ -309,7 +330,7 @@ def _dask_probs(predictor: Predictor, view, pre, kwargs):
 def _view_probs(predictor: Predictor, view, pre, dask_scheduler, progress, kwargs) -> np.ndarray:
     """All class probabilities of ``view`` in memory; on a cluster, computed there and gathered."""
     if dask_scheduler is None or (isinstance(dask_scheduler, str) and dask_scheduler in ("threads", "sync", "synchronous")):
-        probs = np.zeros((predictor.num_classes, *view.shape[1:]), np.float32)
+        probs = np.zeros((predictor.num_outputs if kwargs.get("affinities") else predictor.num_classes, *view.shape[1:]), np.float32)
         _predict_view(predictor, view, probs, pre, None, np.float32, dask_scheduler, progress, kwargs)
         return probs
     from distributed import Client

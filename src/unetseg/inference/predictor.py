@@ -130,6 +130,16 @@ class Predictor:
         return int(getattr(self.network, "num_classes", 1))
 
     @property
+    def affinity_offsets(self) -> tuple[tuple[int, ...], ...]:
+        """The offsets of the network's affinity channels (:mod:`unetseg.affinities`; none for most)."""
+        return tuple(getattr(self.network, "affinity_offsets", ()))
+
+    @property
+    def num_outputs(self) -> int:
+        """Output channels: the classes, then one per affinity offset."""
+        return self.num_classes + len(self.affinity_offsets)
+
+    @property
     def bytes_per_value(self) -> int:
         return 2 if self.precision in ("bf16", "fp16") else 4
 
@@ -154,7 +164,7 @@ class Predictor:
                      preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
                      transform: Callable[[np.ndarray], np.ndarray] | None = None, progress: bool | Any = False,
                      source_shape: Sequence[int] | None = None, source_offset: Sequence[int] = (),
-                     output_shift: Sequence[float] | None | str = CARD) -> tiling.TilePlan:
+                     output_shift: Sequence[float] | None | str = CARD, affinities: bool = False) -> tiling.TilePlan:
         """Segment ``source`` ``(channels, *spatial)`` into ``target`` band by band; return the tile plan.
 
         ``target`` receives ``target[(slice(None), *band)] = probs`` (or ``target[band] = ...``
@@ -162,7 +172,8 @@ class Predictor:
         (e.g. normalisation), ``transform`` to every band of probabilities (e.g. keep class 1).
         ``source_shape``/``source_offset``: the image's spatial size and where its position 0
         lies in ``source`` (Dask blocks carry their context this way). ``output_shift``: the
-        card's by default; ``None`` applies none.
+        card's by default; ``None`` applies none. ``affinities``: the bands hold the affinity
+        channels after the classes (:attr:`num_outputs`), for a network that has them.
         """
         shape = tuple(int(s) for s in (source_shape if source_shape is not None else source.shape[1:]))
         if len(shape) != self.spatial_dims:
@@ -172,23 +183,27 @@ class Predictor:
         tiles = self.tile_shape_for(tile_shape, bs, memory_budget)
         margin = margin if margin is not None else getattr(net, "tile_margin", None)
         plan = tiling.plan_tiles(shape, tiles, depth=int(net.depth), padding=net.padding, margin=margin)
-        run_plan(functools.partial(self, tta=tta), source, target, plan, channels=self.in_channels, num_classes=self.num_classes,
+        if self.affinity_offsets and not affinities:  # computed with the classes (one forward pass), kept only on request
+            transform = _classes_only(self.num_classes, transform)
+        run_plan(functools.partial(self, tta=tta), source, target, plan, channels=self.in_channels, num_classes=self.num_outputs,
                  preprocess=preprocess, transform=transform, progress=progress, batch_size=bs, source_offset=source_offset,
                  shift=self.shift_for(output_shift))
         return plan
 
     def predict(self, image: np.ndarray, *, tta: bool = False, tile_shape: Sequence[int] | int | None = None,
                 batch_size: int | None = None, margin: int | None = None, memory_budget: int | None = None,
-                progress: bool | Any = False, output_shift: Sequence[float] | None | str = CARD) -> np.ndarray:
-        """Float32 class probabilities ``(classes, *spatial)`` of an image already normalised.
+                progress: bool | Any = False, output_shift: Sequence[float] | None | str = CARD,
+                affinities: bool = False) -> np.ndarray:
+        """Float32 class probabilities ``(classes, *spatial)`` of an image already normalised
+        (with ``affinities``: ``(num_outputs, *spatial)``, the affinity channels after the classes).
 
         ``image`` is ``(*spatial)`` or ``(channels, *spatial)``, any size (even 1x1); see
         :meth:`predict_into` for the other arguments.
         """
         x = as_channels_first(image, self.spatial_dims, self.in_channels)
-        out = np.empty((self.num_classes, *x.shape[1:]), dtype=np.float32)
+        out = np.empty((self.num_outputs if affinities else self.num_classes, *x.shape[1:]), dtype=np.float32)
         self.predict_into(x, out, tile_shape=tile_shape, tta=tta, batch_size=batch_size, margin=margin,
-                          memory_budget=memory_budget, progress=progress, output_shift=output_shift)
+                          memory_budget=memory_budget, progress=progress, output_shift=output_shift, affinities=affinities)
         return out
 
     def predict_dask(self, darr: Any, **kwargs: Any) -> Any:
@@ -203,6 +218,13 @@ class Predictor:
         from .files import predict_file
 
         return predict_file(self, input_path, output_path, **kwargs)
+
+
+def _classes_only(num_classes: int, transform: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``transform`` applied to the class channels of a band only."""
+    if transform is None:
+        return lambda rows: rows[:num_classes]
+    return lambda rows: transform(rows[:num_classes])
 
 
 def as_predictor(model: nn.Module | Predictor | str | os.PathLike, *, device: str | torch.device | None = None,

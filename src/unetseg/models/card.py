@@ -64,7 +64,9 @@ class Postprocess:
     :func:`unetseg.postprocess.fill_small_holes`; 0 = off); ``agglomerate``: after that, the
     boundaries of that map are closed by agglomeration, regions merged while the median affinity
     along their boundary is above this value, the lines between the rest drawn in as 0
-    (:func:`unetseg.membranes.agglomerate_boundaries`; 0 = off). A recipe's ``postprocess``
+    (:func:`unetseg.membranes.agglomerate_boundaries`; 0 = off); ``mutex_watershed``: instead
+    of that agglomeration, the regions come from the mutex watershed on the model's own affinity
+    outputs (:func:`unetseg.affinities.mutex_boundaries`; needs ``affinity_offsets``). A recipe's ``postprocess``
     section is what its benchmarks validated; training copies it into the card.
     """
 
@@ -73,6 +75,7 @@ class Postprocess:
     threshold: float = 0.5
     fill_holes: int = 0
     agglomerate: float = 0.0
+    mutex_watershed: bool = False
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or not 0.0 <= self.threshold <= 1.0:
@@ -81,6 +84,8 @@ class Postprocess:
             raise ConfigError(f"postprocess.fill_holes: expected a pixel count >= 0, got {self.fill_holes!r}")
         if isinstance(self.agglomerate, bool) or not isinstance(self.agglomerate, (int, float)) or not 0 <= self.agglomerate < 1:
             raise ConfigError(f"postprocess.agglomerate: expected a median affinity in [0, 1) (0 = off), got {self.agglomerate!r}")
+        if not isinstance(self.mutex_watershed, bool) or (self.mutex_watershed and self.agglomerate):
+            raise ConfigError(f"postprocess.mutex_watershed: expected true or false, and not together with agglomerate (got {self.mutex_watershed!r})")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import sizes
+from ..affinities import check_offsets
 from .layers import (
     NORMS,
     center_crop,
@@ -102,6 +103,10 @@ class UNet(nn.Module):
         2x2 up-convolution (paper) or interpolation + 1x1 convolution.
     spatial_dims : {2, 3}
         2D images or 3D volumes.
+    affinity_offsets : list of lists of int, optional
+        One more output channel per offset: the logit that a pixel and the pixel this far away
+        lie in the same object (:mod:`unetseg.affinities`; closed under rotations and flips).
+        The class logits come first; ``num_classes`` still counts only them.
 
     Examples
     --------
@@ -128,9 +133,11 @@ class UNet(nn.Module):
         dropout: float = 0.5,
         upsample: str = "transpose",
         spatial_dims: int = 2,
+        affinity_offsets: list[list[int]] | None = None,
     ):
         super().__init__()
         _check_args(in_channels, num_classes, depth, base_channels, padding, norm, dropout, upsample, spatial_dims)
+        self.affinity_offsets = check_offsets(affinity_offsets or (), spatial_dims)
         self.config = dict(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -142,6 +149,8 @@ class UNet(nn.Module):
             upsample=upsample,
             spatial_dims=spatial_dims,
         )
+        if self.affinity_offsets:  # saved only when used: model files of plain networks stay as they were
+            self.config["affinity_offsets"] = [list(o) for o in self.affinity_offsets]
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
@@ -156,7 +165,7 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(
             Up(widths[i + 1], widths[i], padding, norm, upsample, spatial_dims) for i in reversed(range(depth))
         )
-        self.head = conv_cls(spatial_dims)(widths[0], num_classes, kernel_size=1)
+        self.head = conv_cls(spatial_dims)(widths[0], num_classes + len(self.affinity_offsets), kernel_size=1)
         he_normal_(self)
 
     def forward(self, x: Tensor) -> Tensor:

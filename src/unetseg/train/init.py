@@ -2,8 +2,8 @@
 
 The new network is built from the recipe as usual; :func:`init_from` then copies the weights of
 the model file. The architecture must match: a differing argument is an error that lists every
-difference. With ``model.reinit_head`` the class count may differ and the output layer (whose
-parameters start with ``head.``) keeps its fresh initialisation.
+difference. With ``model.reinit_head`` the class count and the affinity offsets may differ and
+the output layer (whose parameters start with ``head.``) keeps its fresh initialisation.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..models import load_with_config
 
 HEAD_PREFIX = "head."
-_FREE_WITH_HEAD = ("num_classes",)
+_FREE_WITH_HEAD = ("num_classes", "affinity_offsets")
 
 
 def arg_differences(wanted: dict, found: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -50,7 +50,7 @@ def init_from(model: nn.Module, path: str | os.PathLike, *, reinit_head: bool = 
         raise ConfigError(f"model.init: {path} holds a {meta['arch']}, the recipe builds a {getattr(model, 'arch', type(model).__name__)}")
     diffs = arg_differences(dict(model.config), dict(meta["args"]), ignore=_FREE_WITH_HEAD if reinit_head else ())
     if diffs:
-        hint = "" if reinit_head or any(not d.startswith("num_classes") for d in diffs) else " (set model.reinit_head: true to train a new output layer)"
+        hint = "" if reinit_head or any(not d.startswith(_FREE_WITH_HEAD) for d in diffs) else " (set model.reinit_head: true to train a new output layer)"
         raise ConfigError(f"model.init: {path} does not match the recipe's model: {'; '.join(diffs)}{hint}")
     state = source.state_dict()
     target = model.state_dict()

@@ -185,7 +185,8 @@ def setup_run(cfg: TrainConfig, model: nn.Module, train_set: Dataset, run_dir: P
     state.ddp_model = dist_util.wrap(model, dev, info)
     if cfg.runtime.compile:  # the step's forward and backward; checkpoints and validation use the eager module
         state.ddp_model = torch.compile(state.ddp_model)
-    state.loss_fn = build_loss(cfg.loss)
+    state.loss_fn = build_loss(cfg.loss, num_classes=int(getattr(model, "num_classes", 0)),
+                               affinity_offsets=tuple(getattr(model, "affinity_offsets", ())))
     state.scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" and dev.type == "cuda" else None
     state.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
     state.bar = Progress(cfg.schedule.steps, state.start, enabled=progress and info.is_main, every_s=cfg.runtime.progress_every_s)
