@@ -420,3 +420,25 @@ def test_compiled_training_step_trains_like_the_eager_one(tmp_path, monkeypatch)
     assert len(compiled_modules) == 1  # only the run that asked for it
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
     assert load_with_config(tmp_path / "True")[1]["card"].training.step == 6
+
+
+def test_train_lines_say_how_long_the_loop_waited_for_data(tmp_path):
+    from types import SimpleNamespace
+
+    from unetseg.train.stages import waited_for
+
+    def slow(n):
+        for i in range(n):
+            time.sleep(0.05)
+            yield i
+
+    state = SimpleNamespace(window={"wait": 0.0})
+    got = []
+    for item in waited_for(slow(3), state):
+        got.append(item)
+        time.sleep(0.1)  # the step's own time is not waiting
+    assert got == [0, 1, 2] and 0.15 <= state.window["wait"] < 0.3
+    cfg = tiny_cfg(schedule__steps=4)
+    _run(tmp_path, cfg)
+    waits = [r["data_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(waits) == 4 and all(0.0 <= w <= 1.0 for w in waits)

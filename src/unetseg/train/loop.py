@@ -37,7 +37,7 @@ from ..data.loader import StepBatchSampler, train_loader
 from ..models import ModelCard
 from .config import TrainConfig
 from .runlock import held_run_folder
-from .stages import after_step, close_run, finish_run, record_step, seeded_rng, setup_run, train_step
+from .stages import after_step, close_run, finish_run, record_step, seeded_rng, setup_run, train_step, waited_for
 
 __all__ = ["StepBatchSampler", "TrainResult", "fit", "seed_model_init", "step_seed"]
 
@@ -141,7 +141,7 @@ def fit(
         state.ddp_model.train()
         try:
             with _StopSignal() as stopper:
-                for batch in batches:
+                for batch in waited_for(batches, state):
                     seeded = lambda: seeded_rng(step_seed(rt.seed, state.step, info.rank), state.device)  # noqa: E731
                     loss, lr, grad_norm = train_step(state, batch, seeded)
                     asked = on_step is not None and bool(on_step(state.step, loss))

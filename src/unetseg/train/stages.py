@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ class RunState:
     t_start: float = field(default_factory=time.perf_counter)
     status: str = "completed"
     signum: int | None = None
-    window: dict[str, Any] = field(default_factory=lambda: {"t": time.perf_counter(), "steps": 0, "losses": []})
+    window: dict[str, Any] = field(default_factory=lambda: {"t": time.perf_counter(), "steps": 0, "losses": [], "wait": 0.0})
 
     @property
     def total(self) -> int:
@@ -285,6 +285,20 @@ def train_step(state: RunState, batch: Mapping[str, Tensor], seeded: Callable[[]
     return value, lr, gnorm
 
 
+def waited_for(batches: Iterable[Any], state: RunState) -> Iterator[Any]:
+    """``batches``, adding the time the loop waits for each one to ``state.window["wait"]``: the
+    ``data_wait`` of the ``train`` lines (the share of the time that data loading was not hidden)."""
+    it = iter(batches)
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        state.window["wait"] += time.perf_counter() - t
+        yield batch
+
+
 def record_step(state: RunState, value: float, lr: float, gnorm: float | None) -> None:
     """Progress bar every step; a ``train`` line in metrics.jsonl every ``runtime.log_every`` steps."""
     w = state.window
@@ -295,11 +309,12 @@ def record_step(state: RunState, value: float, lr: float, gnorm: float | None) -
         now = time.perf_counter()
         mean_loss = dist_util.mean_value(float(np.mean(w["losses"])), state.device, state.info)
         rec = {"kind": "train", "step": state.step, "loss": mean_loss, "lr": lr,
-               "steps_per_s": round(w["steps"] / max(now - w["t"], 1e-9), 4), "time_s": round(now - state.t_start, 2)}
+               "steps_per_s": round(w["steps"] / max(now - w["t"], 1e-9), 4), "time_s": round(now - state.t_start, 2),
+               "data_wait": round(w["wait"] / max(now - w["t"], 1e-9), 4)}
         if gnorm is not None:
             rec["grad_norm"] = gnorm
         state.metrics.write(rec)
-        state.window = {"t": now, "steps": 0, "losses": []}
+        state.window = {"t": now, "steps": 0, "losses": [], "wait": 0.0}
 
 
 def after_step(state: RunState, signum: int | None) -> bool:
