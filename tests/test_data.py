@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -456,3 +458,18 @@ def test_background_loader_stops_its_thread_on_break():
     for _ in train_loader(ds, batch_size=1, start=0, stop=50, prefetch_depth=1):
         break
     assert not any(t.name == "unetseg-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are a POSIX feature")
+def test_tiles_are_made_at_a_lower_priority_than_the_training_threads():
+    import threading
+
+    from unetseg.data.loader import prefetch
+
+    def priorities():
+        for _ in range(2):
+            yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert list(prefetch(priorities())) == [min(own + 10, 19)] * 2
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the training thread keeps its own

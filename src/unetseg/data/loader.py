@@ -9,6 +9,8 @@ processes or another rank sees exactly the tiles it should.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -69,6 +71,7 @@ def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         return False
 
     def produce() -> None:
+        _yield_to_training()
         try:
             for item in iterable:
                 if not put(item):
@@ -92,8 +95,17 @@ def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
         th.join(timeout=5)
 
 
+def _yield_to_training() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per thread), so that tile making
+    takes the cores when the training threads leave them, instead of preempting them."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    _yield_to_training()
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, start: int, stop: int, rank: int = 0, world_size: int = 1,
