@@ -112,6 +112,8 @@ def test_mutex_watershed_keeps_cells_apart_through_a_gap_the_near_affinities_clo
     prob = (lab > 0).astype(np.float32)
     regions = mutex_regions(prob, aff, OFFSETS)
     assert len(np.unique(regions)) == 2 and regions[0, 0] != regions[0, 12]
+    thinned = mutex_regions(prob, aff, OFFSETS, stride=2)  # every other pixel's repulsive edges still hold the gap
+    assert len(np.unique(thinned)) == 2 and thinned[0, 0] != thinned[0, 12]
     closed = mutex_boundaries(prob, aff, OFFSETS)
     assert (closed[:, 5:8] == 0).any(axis=1).all() and np.array_equal(closed[:, :5], prob[:, :5])
     with pytest.raises(InputError, match="affinities"):
