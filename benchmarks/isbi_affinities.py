@@ -29,11 +29,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
 
-from unetseg.affinities import mutex_regions  # noqa: E402
+from unetseg.affinities import mutex_boundaries  # noqa: E402
 from unetseg.cv import pool_split  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.inference import Predictor  # noqa: E402
-from unetseg.membranes import separating_lines  # noqa: E402
 from unetseg.postprocess import foreground_postprocess  # noqa: E402
 from unetseg.runtime import cpu_flags  # noqa: E402
 from unetseg.train.config import load_train_config  # noqa: E402
@@ -65,8 +64,7 @@ def closed(outputs: np.ndarray, predictor: Predictor, how: str, agglomerate: flo
     foreground_postprocess(probs, card.foreground_class, post)
     fg = probs[card.foreground_class]
     if how.startswith("mutex"):
-        regions = mutex_regions(fg, outputs[c:], predictor.affinity_offsets, threshold=post.threshold, stride=int(how[5:]))
-        fg[separating_lines(regions)] = 0.0
+        return mutex_boundaries(fg, outputs[c:], predictor.affinity_offsets, threshold=post.threshold, stride=int(how[5:]))
     return fg
 
 

@@ -139,6 +139,7 @@ def main() -> int:
     best = {name: max(v) for name, v in rates.items() if v}
     wait_best = {name: waits[name][rates[name].index(best[name])] for name in names}
     print(" | ".join(f"{name} {v:.3f} steps/s" for name, v in best.items()) + f" (best of {args.rounds})")
+    print(" | ".join(f"{name} {sum(v) / len(v):.3f} steps/s" for name, v in rates.items() if v) + f" (mean of {args.rounds})")
     ratios = {"bf16/fp32 (both channels-last)": ("bf16 channels-last", "fp32 channels-last"),
               "fp32 channels-last/contiguous": ("fp32 channels-last", "fp32"),
               "compiled/eager": (compiled, f"{variant[compiled][0]} channels-last"),

@@ -163,7 +163,8 @@ def mutex_regions(cell_prob: np.ndarray, affinities: np.ndarray, offsets: Offset
     return watershed(1.0 - p, markers=seeds) if seeds.any() else np.ones(p.shape, np.int64)
 
 
-def mutex_boundaries(cell_prob: np.ndarray, affinities: np.ndarray, offsets: Offsets, *, threshold: float = 0.5) -> np.ndarray:
+def mutex_boundaries(cell_prob: np.ndarray, affinities: np.ndarray, offsets: Offsets, *, threshold: float = 0.5,
+                     stride: int = 1) -> np.ndarray:
     """``cell_prob`` (2D) with the one-pixel lines between the :func:`mutex_regions` set to 0,
     unchanged elsewhere: every threshold of the map then sees closed boundaries.
 
@@ -178,5 +179,5 @@ def mutex_boundaries(cell_prob: np.ndarray, affinities: np.ndarray, offsets: Off
     from .membranes import separating_lines
 
     out = np.array(cell_prob, dtype=np.float32)
-    out[separating_lines(mutex_regions(out, affinities, offsets, threshold=threshold))] = 0.0
+    out[separating_lines(mutex_regions(out, affinities, offsets, threshold=threshold, stride=stride))] = 0.0
     return out
