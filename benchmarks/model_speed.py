@@ -25,9 +25,8 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from unetseg.models import UNet
+from unetseg.models import UNet, model_flops
 from unetseg.runtime import configure_threads, cpu_supports_bf16, resolve_device
 
 
@@ -37,11 +36,19 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_case(n: int, dtype: torch.dtype, device: torch.device):
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    """One ``n x n`` matrix product at ``dtype`` (``torch.int8``: ``torch._int_mm``, int32
+    accumulation, VNNI where the CPU has it) and its multiply-add count."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 127, (n, n), device=device, dtype=dtype)
+        b = torch.randint(-128, 127, (n, n), device=device, dtype=dtype)
+        product = torch._int_mm
+    else:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        product = torch.mm
 
     def run() -> None:
-        torch.mm(a, b)
+        product(a, b)
 
     return run, 2.0 * n**3
 
@@ -75,12 +82,7 @@ def unet_case(size: int, variant: str, backward: bool, device: torch.device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16+cl"):
             step()
 
-    with torch.device("meta"):
-        meta_model = UNet(1, 2, dropout=0.0).train(backward)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        _unet_step(meta_model, torch.empty(1, 1, size, size, device="meta"), backward)()
-    return run, float(counter.get_total_flops())
+    return run, model_flops(model, (size, size), backward=backward)[0]
 
 
 def measure(cases: dict, repeats: int, device: torch.device, once: frozenset = frozenset()) -> dict[str, float]:

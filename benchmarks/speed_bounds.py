@@ -23,9 +23,10 @@ Printed side by side in one run:
     and share of the matmul rate its forward and its backward pass reach here (at ``precision:
     auto`` and the memory format training picks; a plain sum as the loss, no data loading).
 
-FLOPs are counted by ``torch.utils.flop_counter`` on the meta device (multiply and add counted
-separately; batch norm, pooling and activations are not counted, which leaves out well under
-1 % of MONAI's work). Ends with one JSON line.
+FLOPs are counted by ``unetseg.models.model_flops`` (``torch.utils.flop_counter`` on the meta
+device, multiply and add counted separately). Batch norm, pooling and activations are not
+counted, which leaves out well under 1 % of MONAI's work. The matmuls are
+``benchmarks/model_speed.py``'s. Ends with one JSON line.
 
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/speed_bounds.py
 """
@@ -42,45 +43,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from model_speed import matmul_case  # noqa: E402
+
 
 from unetseg import runtime, tiling  # noqa: E402
-from unetseg.models import UNet, build  # noqa: E402
+from unetseg.models import UNet, build, model_flops  # noqa: E402
 from unetseg.sizes import input_shape_for  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "int8")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def matmul_rate(precision: str, n: int, repeats: int) -> float:
     """Best multiply-add rate (FLOP/s, or OP/s for int8) of one ``n x n`` matrix product."""
-    if precision == "int8":
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        run = torch._int_mm
-    else:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        run = torch.mm
-    run(a, b)
+    run, flops = matmul_case(n, DTYPES[precision], torch.device("cpu"))
+    run()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        run(a, b)
+        run()
         best = min(best, time.perf_counter() - t)
-    return 2.0 * n**3 / best
-
-
-def forward_flops(net: torch.nn.Module, in_shape, backward: bool = False) -> float:
-    """FLOPs of one forward pass (and its backward) of ``net``'s architecture on one input tile."""
-    with torch.device("meta"):
-        meta = type(net)(**net.config).train(backward)
-        x = torch.empty((1, net.config["in_channels"], *in_shape))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = meta(x)
-        if backward:
-            out.float().sum().backward()
-    return float(counter.get_total_flops())
+    return flops / best
 
 
 def tiled_flops(net: torch.nn.Module, shape, tile: int) -> tuple[float, int]:
@@ -90,7 +73,7 @@ def tiled_flops(net: torch.nn.Module, shape, tile: int) -> tuple[float, int]:
     total = 0.0
     for t in plan:
         if t.in_shape not in cache:
-            cache[t.in_shape] = forward_flops(net, t.in_shape)
+            cache[t.in_shape] = model_flops(net, t.in_shape)[0]
         total += cache[t.in_shape]
     return total, len(plan)
 
@@ -125,7 +108,7 @@ def against_monai(net: torch.nn.Module, size: int, tiles: list[int]) -> dict:
     """(2): MONAI's window FLOPs over unetseg's tile FLOPs on a ``size`` x ``size`` image."""
     padded = UNet(net.config["in_channels"], net.config["num_classes"], base_channels=net.config["base_channels"],
                   padding="same", norm="batch", dropout=0.0)
-    per_window = forward_flops(padded, (512, 512))
+    per_window = model_flops(padded, (512, 512))[0]
     monai = {ov: monai_windows(size, 512, ov) * per_window for ov in (0.25, 0.5)}
     ours = {str(t): tiled_flops(net, (size, size), t) for t in tiles}
     ours["one tile"] = tiled_flops(net, (size, size), size + 2**net.depth)
@@ -165,8 +148,8 @@ def training_step(config: Path, rates: dict, repeats: int) -> dict:
     cfg = load_train_config(config)
     net = build(cfg.model.arch, {**cfg.model.args, "in_channels": 1, "num_classes": 2})
     in_shape = input_shape_for(tuple(cfg.tile), net.depth, net.padding)
-    total = forward_flops(net, in_shape, backward=True) * cfg.batch_size
-    forward = forward_flops(net, in_shape) * cfg.batch_size
+    total = model_flops(net, in_shape, backward=True)[0] * cfg.batch_size
+    forward = model_flops(net, in_shape)[0] * cfg.batch_size
     ceil = {p: rates[p] / total for p in ("fp32", "bf16")}
     precision = runtime.resolve_precision("auto", torch.device("cpu"))
     fmt = torch.channels_last if runtime.training_channels_last("auto", torch.device("cpu"), precision) else torch.contiguous_format

@@ -110,18 +110,15 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
     boundaries agglomerated as its ``fill_holes`` and ``agglomerate`` say, as ``unetseg predict`` does); ``run_dir`` may also be a
     :class:`~unetseg.inference.Predictor` (any backend)."""
     from .inference import Predictor
-    from .postprocess import foreground_postprocess, instances_from_probabilities
+    from .postprocess import instances_from_probabilities
 
     predictor = run_dir if isinstance(run_dir, Predictor) else Predictor.from_path(run_dir)
     card = predictor.card
     post = card.postprocess
     split, min_size = (post.split if split is None else split), (post.min_size if min_size is None else min_size)
     out = []
-    c, offsets = predictor.num_classes, predictor.affinity_offsets
     for it in items:
-        outputs = predictor.predict(it.image, tta=tta, affinities=bool(post.mutex_watershed and offsets))
-        probs = foreground_postprocess(outputs[:c], card.foreground_class, post, affinities=outputs[c:] if len(outputs) > c else None,
-                                       offsets=offsets)
+        probs = predictor.postprocess(predictor.predict(it.image, tta=tta, affinities=predictor.needs_affinities()))
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
                                                     split=split, border_class=card.border_class, min_size=min_size))

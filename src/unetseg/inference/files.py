@@ -23,7 +23,6 @@ from ..imagej import output_axes, read_calibration, rois_path, write_rois
 from ..io import write_image
 from ..normalize import fit_normalization
 from ..omezarr import create_ome_zarr, writes_ome_zarr
-from ..postprocess import foreground_postprocess
 from .predictor import CARD, Predictor, as_predictor
 
 OUTPUT_KINDS = ("prob", "mask", "labels")
@@ -220,7 +219,7 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
         run, n = _affinity_run(predictor, post, job.run)
         probs = np.empty((n, len(views), *spatial) if stack else (n, *spatial), np.float32)
         _run_views(predictor, views, probs, True, job.spec, None, np.float32, run)
-        _postprocess_outputs(predictor, probs, post, stack)
+        predictor.postprocess(probs, post, sections=stack)
         return _labels(probs[:num_classes], card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
     class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, post.threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
@@ -247,7 +246,7 @@ def _run_views_whole(predictor: Predictor, views: list, target: Any, job: _Job, 
     run, _ = _affinity_run(predictor, job.post, job.run)
     for z, view in enumerate(views):
         probs = _view_probs(predictor, view, fit_normalization(view, job.spec), *run)
-        probs = _postprocess_outputs(predictor, probs, job.post, False)
+        probs = predictor.postprocess(probs, job.post)
         out = transform(probs)
         full = tuple(slice(None) for _ in out.shape)
         (_StackTarget(target, z, False) if stack else _Full(target))[full] = out
@@ -258,18 +257,9 @@ def _affinity_run(predictor: Predictor, post, run: tuple) -> tuple[tuple, int]:
     number of output channels that gives. Dask computes the class channels only (the
     post-processing then says it needs the prediction in this process)."""
     scheduler, progress, kwargs = run
-    if not (post.mutex_watershed and predictor.affinity_offsets) or scheduler is not None:
+    if not predictor.needs_affinities(post) or scheduler is not None:
         return run, predictor.num_classes
     return (scheduler, progress, {**kwargs, "affinities": True}), predictor.num_outputs
-
-
-def _postprocess_outputs(predictor: Predictor, outputs: np.ndarray, post, sections: bool) -> np.ndarray:
-    """:func:`~unetseg.postprocess.foreground_postprocess` of the class channels of ``outputs``
-    (in place), with the affinity channels after them if there are any; the class channels."""
-    c = predictor.num_classes
-    affinities = outputs[c:] if outputs.shape[0] > c else None
-    return foreground_postprocess(outputs[:c], predictor.card.foreground_class, post, sections=sections, affinities=affinities,
-                                  offsets=predictor.affinity_offsets)
 
 
 def _run_views(predictor: Predictor, views: list, target: Any, class_axis: bool, spec, transform, dtype, run: tuple) -> None:

@@ -143,6 +143,24 @@ class Predictor:
     def bytes_per_value(self) -> int:
         return 2 if self.precision in ("bf16", "fp16") else 4
 
+    def needs_affinities(self, post: Any = None) -> bool:
+        """Whether the post-processing ``post`` (the card's by default) reads this network's
+        affinity channels (the mutex watershed), so :meth:`predict` must keep them."""
+        post = self.card.postprocess if post is None else post
+        return bool(post.mutex_watershed and self.affinity_offsets)
+
+    def postprocess(self, outputs: np.ndarray, post: Any = None, *, sections: bool = False) -> np.ndarray:
+        """The post-processing ``post`` (the card's by default) of ``outputs`` of :meth:`predict`,
+        in place (:func:`unetseg.postprocess.foreground_postprocess`, with the affinity channels
+        when ``outputs`` holds them after the classes); returns the class channels."""
+        from ..postprocess import foreground_postprocess
+
+        post = self.card.postprocess if post is None else post
+        c = self.num_classes
+        affinities = outputs[c:] if outputs.shape[0] > c else None
+        return foreground_postprocess(outputs[:c], self.card.foreground_class, post, sections=sections, affinities=affinities,
+                                      offsets=self.affinity_offsets)
+
     def __call__(self, batch: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """Probabilities ``(N, classes, *tile)`` of a batch of input tiles ``(N, channels, *in)``."""
         return tta_forward(self.network, batch, device=self.device, precision=self.precision, fmt=self.memory_format, tta=tta)

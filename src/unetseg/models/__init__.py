@@ -6,7 +6,7 @@ JSON config holding the :class:`ModelCard`; loading never unpickles.
 
 from .card import ModelCard, Postprocess, TrainingInfo, card_from_dict, card_to_dict
 from .files import ARCHITECTURES, build, load, load_card, load_with_config, model_file, read_config, save, with_state
-from .flops import count_conv_layers, flops_per_output_pixel, parameter_count
+from .flops import count_conv_layers, flops_per_output_pixel, model_flops, parameter_count
 from .fusionnet import FusionNet
 from .unet import UNet
 
@@ -22,6 +22,7 @@ __all__ = [
     "card_to_dict",
     "count_conv_layers",
     "flops_per_output_pixel",
+    "model_flops",
     "load",
     "load_card",
     "load_with_config",

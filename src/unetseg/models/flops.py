@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,20 +42,37 @@ def count_conv_layers(model: nn.Module) -> dict[str, int]:
     return counts
 
 
+def model_flops(model: nn.Module, input_shape: Sequence[int], *, backward: bool = False) -> tuple[float, tuple[int, ...]]:
+    """FLOPs (multiply and add counted separately) of one pass of ``model``'s architecture over
+    one input tile of spatial ``input_shape``, and the output's spatial shape.
+
+    Counted by ``torch.utils.flop_counter`` on the meta device, so no memory is used for
+    activations. ``backward`` adds the backward pass of a training step (in training mode).
+
+    Examples
+    --------
+    >>> from unetseg.models import UNet
+    >>> fwd, out = model_flops(UNet(1, 2, base_channels=4), (188, 188))
+    >>> both, _ = model_flops(UNet(1, 2, base_channels=4), (188, 188), backward=True)
+    >>> out, 2.5 < both / fwd < 3.0
+    ((4, 4), True)
+    """
+    with torch.device("meta"):
+        meta_model = type(model)(**model.config).train(backward)
+    x = torch.empty((1, model.config["in_channels"], *input_shape), device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(backward):
+        out = meta_model(x)
+        if backward:
+            out.float().sum().backward()
+    return float(counter.get_total_flops()), tuple(int(s) for s in out.shape[2:])
+
+
 def flops_per_output_pixel(model: nn.Module, input_shape: Sequence[int]) -> float:
     """Forward FLOPs (multiply and add counted separately) per output pixel for one input tile.
 
-    Counted on the meta device, so no memory is used for activations. For valid-padded models
-    the figure falls as tiles grow, since the halo is shared by more output pixels.
+    Counted on the meta device (:func:`model_flops`). For valid-padded models the figure falls
+    as tiles grow, since the halo is shared by more output pixels.
     """
-    in_ch = model.config["in_channels"]
-    with torch.device("meta"):
-        meta_model = type(model)(**model.config)
-    x = torch.empty((1, in_ch, *input_shape), device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        out = meta_model(x)
-    pixels = 1
-    for s in out.shape[2:]:
-        pixels *= int(s)
-    return counter.get_total_flops() / pixels
+    flops, out_shape = model_flops(model, input_shape)
+    return flops / math.prod(out_shape)

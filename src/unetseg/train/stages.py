@@ -113,7 +113,7 @@ class RunState:
     t_start: float = field(default_factory=time.perf_counter)
     status: str = "completed"
     signum: int | None = None
-    window: dict[str, Any] = field(default_factory=lambda: {"t": time.perf_counter(), "steps": 0, "losses": [], "wait": 0.0})
+    window: dict[str, Any] = field(default_factory=lambda: _new_window(time.perf_counter()))
 
     @property
     def total(self) -> int:
@@ -299,6 +299,11 @@ def waited_for(batches: Iterable[Any], state: RunState) -> Iterator[Any]:
         yield batch
 
 
+def _new_window(t: float) -> dict[str, Any]:
+    """What the ``train`` lines of metrics.jsonl sum up since time ``t``: steps, losses, data wait."""
+    return {"t": t, "steps": 0, "losses": [], "wait": 0.0}
+
+
 def record_step(state: RunState, value: float, lr: float, gnorm: float | None) -> None:
     """Progress bar every step; a ``train`` line in metrics.jsonl every ``runtime.log_every`` steps."""
     w = state.window
@@ -314,7 +319,7 @@ def record_step(state: RunState, value: float, lr: float, gnorm: float | None) -
         if gnorm is not None:
             rec["grad_norm"] = gnorm
         state.metrics.write(rec)
-        state.window = {"t": now, "steps": 0, "losses": [], "wait": 0.0}
+        state.window = _new_window(now)
 
 
 def after_step(state: RunState, signum: int | None) -> bool:
