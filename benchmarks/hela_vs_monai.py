@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from monai_baseline import predict_monai, train_monai  # noqa: E402
 from unetseg import runtime  # noqa: E402
@@ -65,9 +66,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ours-cv", type=Path, required=True, help="an `unetseg cv` folder of a HeLa recipe")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "DIC-C2DH-HeLa")
     ap.add_argument("--minutes", type=float, default=9.0, help="MONAI training time per fold")
-    ap.add_argument("--monai-precision", default="bf16" if runtime.cpu_supports_bf16() else "fp32", choices=["bf16", "fp32"])
+    ap.add_argument("--monai-precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: as precision: auto decides")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    args.monai_precision = runtime.resolve_precision(args.monai_precision, torch.device("cpu"))
     if not args.data.exists():
         print(json.dumps({"skipped": f"{args.data} not found"}))
         return 0

@@ -6,6 +6,7 @@
         --fill-holes 100 300 1000 --rule warping
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_postprocess.py --cv /tmp/cv \
         --agglomerate 0.05 0.07 0.1 0.15
+    flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/isbi_postprocess.py --cv /tmp/cv-raw --card-post 300 0.1
 
 Reads the held-out maps that ``unetseg cv`` keeps (``OUT/foldK/held_out/NAME.tif``: each section
 predicted by the fold model that never trained on it) and scores, with the full ISBI 2012
@@ -13,7 +14,9 @@ protocol, the plain maps and :func:`unetseg.membranes.close_membranes` with each
 small grid, or (``--fill-holes AREA ...``) :func:`unetseg.postprocess.fill_small_holes` with
 each area, or (``--agglomerate AFFINITY ...``) :func:`unetseg.membranes.agglomerate_boundaries`
 with each merge affinity (on maps the card has already post-processed, as ``unetseg cv`` keeps
-them). Per candidate it prints the mean over folds of the per-fold metrics. The honest
+them), or (``--card-post AREA AFFINITY``) both in the card's order, on maps a CV kept without
+post-processing (``--set postprocess.fill_holes=0 --set postprocess.agglomerate=0``): the
+summary's ``card`` entry is then what ``unetseg cv`` would have pooled with that card. Per candidate it prints the mean over folds of the per-fold metrics. The honest
 figure is the nested one: for each fold a candidate is chosen on the *other* folds and applied
 to it, and all sections are then scored together (``nested``), against the plain maps scored the
 same way (``plain``). No parameter is chosen on the sections it scores. ``--rule v_rand`` picks
@@ -73,7 +76,16 @@ class Agglomerate:
     affinity: float
 
 
-def candidates(args) -> list[Closure | Agglomerate | int | None]:
+@dataclasses.dataclass(frozen=True)
+class CardChain:
+    """What a card with ``postprocess: {fill_holes: area, agglomerate: affinity}`` does to a map."""
+    area: int
+    affinity: float
+
+
+def candidates(args) -> list[Closure | Agglomerate | CardChain | int | None]:
+    if args.card_post:
+        return [None, CardChain(int(args.card_post[0]), args.card_post[1])]
     if args.fill_holes:
         return [None] + list(args.fill_holes)
     if args.agglomerate:
@@ -89,6 +101,8 @@ def name(c: Closure | Agglomerate | int | None) -> str:
         return f"fill{c}"
     if isinstance(c, Agglomerate):
         return f"agglomerate{c.affinity}"
+    if isinstance(c, CardChain):
+        return f"fill{c.area}+agglomerate{c.affinity}"
     return f"seed{c.seed_threshold}-sigma{c.sigma}-min{c.min_seed_size}-merge{c.merge}-h{c.h}"
 
 
@@ -99,6 +113,8 @@ def apply(c: Closure | Agglomerate | int | None, maps: np.ndarray) -> np.ndarray
         return np.stack([fill_small_holes(m, c) for m in maps])
     if isinstance(c, Agglomerate):
         return agglomerate_boundaries(maps, c.affinity)
+    if isinstance(c, CardChain):
+        return agglomerate_boundaries(np.stack([fill_small_holes(m, c.area) for m in maps]), c.affinity)
     return close_membranes(maps, c)
 
 
@@ -126,6 +142,9 @@ def main() -> None:
                     help="score hole filling with these areas (pixels) instead of the closure grid")
     ap.add_argument("--agglomerate", type=float, nargs="+", default=None, metavar="AFFINITY",
                     help="score waterz agglomeration with these merge affinities instead of the closure grid")
+    ap.add_argument("--card-post", type=float, nargs=2, default=None, metavar=("AREA", "AFFINITY"),
+                    help="score the card's chain (holes filled, then agglomerated) on maps a CV kept without post-processing; "
+                         "the summary's 'card' line pools it over all sections")
     ap.add_argument("--rule", choices=["v_rand", "warping"], default="v_rand", help="how each fold's candidate is chosen")
     ap.add_argument("--tolerance", type=float, default=0.001, help="--rule warping: V_rand allowed below the plain maps'")
     args = ap.parse_args()
@@ -142,7 +161,8 @@ def main() -> None:
     nested = np.concatenate([apply(table[chosen[k]][0], maps) for k, (_, maps, _) in enumerate(folds)])
     gts = np.concatenate([g for _, _, g in folds])
     plain = np.concatenate([maps for _, maps, _ in folds])
-    print(json.dumps({"summary": True, "chosen_per_fold": chosen, "plain": score(plain, gts), "nested": score(nested, gts),
+    card = {"card": score(apply(candidates(args)[1], plain), gts)} if args.card_post else {}
+    print(json.dumps({"summary": True, "chosen_per_fold": chosen, "plain": score(plain, gts), "nested": score(nested, gts), **card,
                       "sections": int(gts.shape[0]), "cv": str(args.cv),
                       "rule": args.rule, **cpu_flags()}), flush=True)
 

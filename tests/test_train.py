@@ -378,10 +378,15 @@ def test_validation_sees_recomputed_statistics_and_resume_stays_exact(tmp_path):
 # ------------------------------------------------------------------ memory format
 
 
-@pytest.mark.parametrize("setting, channels_last", [("auto", False), (True, True), (False, False)])
-def test_fp32_cpu_training_trains_contiguous_unless_asked(tmp_path, setting, channels_last):
-    """``runtime.channels_last: auto`` trains fp32 on a CPU in the contiguous format (faster for
-    backward convolutions there); ``true`` forces channels-last. The batches follow the weights."""
+@pytest.mark.parametrize("setting, probe_cl_s, channels_last",
+                         [("auto", 1.33, False), ("auto", 0.88, True), (True, 1.33, True), (False, 0.88, False)])
+def test_fp32_cpu_training_format_is_measured_or_asked(tmp_path, monkeypatch, setting, probe_cl_s, channels_last):
+    """``runtime.channels_last: auto`` trains fp32 on a CPU in the format the CPU probe measured
+    faster (contiguous where oneDNN's backward convolutions are slower in channels-last);
+    ``true``/``false`` force one. The batches follow the weights."""
+    from unetseg import runtime
+
+    monkeypatch.setattr(runtime, "cpu_speed", lambda: runtime.CpuSpeed(fp32=1.0, fp32_channels_last=probe_cl_s))
     cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 3, "channels_last": setting},
                    schedule={"steps": 2})
     model = make_model(cfg)
@@ -442,3 +447,20 @@ def test_train_lines_say_how_long_the_loop_waited_for_data(tmp_path):
     _run(tmp_path, cfg)
     waits = [r["data_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(waits) == 4 and all(0.0 <= w <= 1.0 for w in waits)
+
+
+def test_a_run_records_what_it_computed_in(tmp_path, monkeypatch):
+    """``precision``/``channels_last: auto`` are decided by the CPU probe; the run's first
+    metrics line says what was decided and what the probe measured."""
+    from unetseg import runtime
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)  # native flags, but bf16 measured slower
+    monkeypatch.setattr(runtime, "cpu_speed", lambda: runtime.CpuSpeed(fp32=1.0, fp32_channels_last=0.9, bf16_channels_last=2.0))
+    cfg = tiny_cfg(runtime={"device": "cpu", "precision": "auto", "channels_last": "auto", "seed": 3, "log_every": 1})
+    model = make_model(cfg)
+    res = fit(cfg, model, dataset_for(model, cfg), tmp_path / "run", stop_after=1)
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert first["kind"] == "runtime" and first["precision"] == "fp32" and first["channels_last"] is True
+    assert first["probe_s"] == {"fp32": 1.0, "fp32_channels_last": 0.9, "bf16_channels_last": 2.0}
+    assert first["threads"] == torch.get_num_threads() and "avx512_bf16" in first
+    assert res.history[0] == first

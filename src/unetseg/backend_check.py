@@ -79,15 +79,13 @@ def available(names: list[str] | None = None) -> list[str]:
     with their libraries installed."""
     import importlib.util
 
-    import torch
-
-    from .runtime import resolve_precision
+    from .runtime import cpu_supports_bf16
 
     names = list(CANDIDATES) if names is None else list(names)
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         raise ConfigError(f"backend(s) {', '.join(unknown)}: expected some of {', '.join(CANDIDATES)}")
-    native_bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
+    native_bf16 = cpu_supports_bf16()
     compiler = shutil.which("g++") or shutil.which("c++")  # inductor writes C++ for the CPU
     return [n for n in names if (n != "torch-bf16" or native_bf16) and (CANDIDATES[n][0] not in ("compile", "int8") or compiler)
             and (CANDIDATES[n][2] is None or importlib.util.find_spec(CANDIDATES[n][2]) is not None)]

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import statistics
+import time
+from dataclasses import dataclass
 
 import torch
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -71,10 +77,121 @@ def cpu_flags(cpuinfo: str | None = None) -> dict:
     return {"cpu": model, **{f: f in flags for f in CPU_FLAGS}}
 
 
+BF16_MIN_SPEEDUP = 1.2
+"""How much faster than fp32 bf16 autocast must run to be chosen by ``precision: auto`` on a CPU:
+it rounds activations to 8 mantissa bits, so it has to pay for itself."""
+CHANNELS_LAST_MIN_SPEEDUP = 1.05
+"""How much faster channels-last must run for fp32 training to use it under ``channels_last: auto``."""
+
+
+@dataclass(frozen=True)
+class CpuSpeed:
+    """Seconds per forward and backward pass of a small convolution stack on this CPU.
+
+    Measured by :func:`measure_cpu_speed`; ``bf16_channels_last`` is None where the CPU has no
+    native bf16 (emulated bf16 runs about ten times slower than fp32, so it is not timed).
+
+    Examples
+    --------
+    >>> speed = CpuSpeed(fp32=2.0, fp32_channels_last=1.6, bf16_channels_last=1.0)
+    >>> round(speed.bf16_speedup, 2), round(speed.channels_last_speedup, 2)
+    (1.6, 1.25)
+    >>> CpuSpeed(fp32=1.0, fp32_channels_last=1.1).bf16_speedup
+    0.0
+    """
+
+    fp32: float
+    fp32_channels_last: float
+    bf16_channels_last: float | None = None
+
+    @property
+    def bf16_speedup(self) -> float:
+        """The faster fp32 layout's time over bf16's (0 where bf16 was not measured)."""
+        if self.bf16_channels_last is None:
+            return 0.0
+        return min(self.fp32, self.fp32_channels_last) / self.bf16_channels_last
+
+    @property
+    def channels_last_speedup(self) -> float:
+        """fp32 contiguous time over fp32 channels-last time."""
+        return self.fp32 / self.fp32_channels_last
+
+
+def _probe_network() -> torch.nn.Module:
+    """A few layers shaped like the U-Net's: 3x3 convolutions, pooling and an up-convolution."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(16, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.ConvTranspose2d(64, 32, 2, stride=2))
+
+
+def measure_cpu_speed(*, size: int = 128, repeats: int = 5, bf16: bool | None = None) -> CpuSpeed:
+    """Time a forward and backward pass of a small U-Net-like stack in fp32 (contiguous and
+    channels-last) and, where the CPU has native bf16 (or ``bf16`` is True), in bf16 autocast
+    channels-last, at the current thread count; the median of ``repeats`` after two warm-up
+    passes, the layouts interleaved so that a change of machine speed affects all alike.
+
+    Native bf16 flags do not make bf16 fast: on a 2-core AMD EPYC with AVX-512 BF16 the bf16
+    matmul rate is 2.2x the fp32 rate (``benchmarks/speed_bounds.py``); on a 2-core Intel Xeon
+    with the same flags and no AMX it is 0.56x (``benchmarks/model_speed.py``), and bf16 autocast
+    trains the ISBI CPU recipe at 0.71x the fp32 step rate (``benchmarks/train_speed.py``).
+    Which CPU is which can only be measured. The global random state is left untouched.
+
+    Examples
+    --------
+    >>> speed = measure_cpu_speed(size=32, repeats=1, bf16=False)
+    >>> speed.fp32 > 0 and speed.fp32_channels_last > 0 and speed.bf16_channels_last is None
+    True
+    """
+    bf16 = cpu_supports_bf16() if bf16 is None else bf16
+    cases = {"fp32": (False, torch.contiguous_format), "fp32_channels_last": (False, torch.channels_last)}
+    if bf16:
+        cases["bf16_channels_last"] = (True, torch.channels_last)
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        torch.manual_seed(0)
+        net, x = _probe_network(), torch.randn(1, 16, size, size)
+        times: dict[str, list[float]] = {k: [] for k in cases}
+        for i in range(repeats + 2):
+            for name, (low, fmt) in cases.items():
+                net, xf = net.to(memory_format=fmt), x.to(memory_format=fmt)
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+                    out = net(xf)
+                out.float().sum().backward()
+                if i >= 2:
+                    times[name].append(time.perf_counter() - t)
+    return CpuSpeed(**{k: statistics.median(v) for k, v in times.items()})
+
+
+@functools.cache
+def cpu_speed() -> CpuSpeed:
+    """:func:`measure_cpu_speed` once per process (about half a second), at the thread count of
+    the first call."""
+    speed = measure_cpu_speed()
+    log.info("CPU speed probe: bf16 autocast %.2fx fp32, fp32 channels-last %.2fx contiguous",
+             speed.bf16_speedup, speed.channels_last_speedup)
+    return speed
+
+
+def cpu_precision(speed: CpuSpeed) -> str:
+    """``precision: auto`` on a CPU that measured ``speed``: bf16 where it runs at least
+    :data:`BF16_MIN_SPEEDUP` times as fast as fp32, else fp32.
+
+    Examples
+    --------
+    >>> cpu_precision(CpuSpeed(fp32=2.0, fp32_channels_last=1.8, bf16_channels_last=0.9))
+    'bf16'
+    >>> cpu_precision(CpuSpeed(fp32=2.0, fp32_channels_last=1.5, bf16_channels_last=2.1))
+    'fp32'
+    """
+    return "bf16" if speed.bf16_speedup >= BF16_MIN_SPEEDUP else "fp32"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Resolve ``"auto"`` to ``"bf16"`` where it is fast and to ``"fp32"`` elsewhere.
 
-    On CUDA, ``auto`` means bf16 autocast when the GPU supports it, else fp16.
+    On CUDA, ``auto`` means bf16 autocast when the GPU supports it, else fp16. On a CPU it means
+    bf16 where the CPU has native bf16 *and* :func:`cpu_speed` measured it clearly faster than
+    fp32 (:func:`cpu_precision`).
 
     Examples
     --------
@@ -87,7 +204,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    return cpu_precision(cpu_speed()) if cpu_supports_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -108,25 +225,28 @@ def memory_format(device: torch.device, spatial_dims: int = 2) -> torch.memory_f
 def training_channels_last(setting: bool | str, device: torch.device, precision: str, spatial_dims: int = 2) -> bool:
     """Whether training runs in the channels-last memory format.
 
-    ``"auto"``: yes on CUDA and under bf16/fp16 autocast, no for fp32 on a CPU. oneDNN's
-    *backward* convolutions in fp32 are slower in channels-last on the development CPU: one
-    training step of the ISBI CPU recipe takes 1.33x as long as with contiguous tensors
-    (``benchmarks/train_speed.py``), although the forward pass alone is faster in channels-last.
+    ``"auto"``: yes on CUDA and under bf16/fp16 autocast; for fp32 on a CPU, yes where
+    :func:`cpu_speed` measured channels-last at least :data:`CHANNELS_LAST_MIN_SPEEDUP` times as
+    fast as contiguous tensors. oneDNN's fp32 *backward* convolutions decide it, and they differ
+    between CPUs: one training step of the ISBI CPU recipe took 1.33x as long in channels-last on
+    an AVX2 AMD Zen 3 and 0.88x as long on an Intel Xeon with AVX-512 (``benchmarks/train_speed.py``).
 
     Examples
     --------
-    >>> training_channels_last("auto", torch.device("cpu"), "fp32")
-    False
     >>> training_channels_last("auto", torch.device("cpu"), "bf16")
     True
+    >>> training_channels_last(False, torch.device("cpu"), "bf16")
+    False
     >>> training_channels_last(True, torch.device("cpu"), "fp32", spatial_dims=1)
     False
     """
     if spatial_dims not in (2, 3):
         return False
-    if setting == "auto":
-        return device.type == "cuda" or precision in ("bf16", "fp16")
-    return bool(setting)
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda" or precision in ("bf16", "fp16"):
+        return True
+    return spatial_dims == 2 and cpu_speed().channels_last_speedup >= CHANNELS_LAST_MIN_SPEEDUP
 
 
 def configure_threads(num_threads: int | None = None) -> int:

@@ -148,11 +148,14 @@ class RuntimeConfig:
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the CLI's ``--device`` wins).
     precision : {"auto", "fp32", "bf16", "fp16"}
-        ``auto``: bf16 autocast on CPUs with native bf16 and on recent GPUs, fp32 on other CPUs.
+        ``auto``: bf16 autocast on recent GPUs, and on CPUs with native bf16 where a half-second
+        probe at the start measures it at least 1.2x as fast as fp32; fp32 elsewhere
+        (:func:`unetseg.runtime.resolve_precision`).
     channels_last : bool or "auto"
         Train in the channels-last memory format (2D and 3D networks). ``auto``: on CUDA and
-        under bf16/fp16 autocast, not for fp32 on a CPU (slower there,
-        :func:`unetseg.runtime.training_channels_last`).
+        under bf16/fp16 autocast; for fp32 on a CPU where the same probe measures it faster
+        (:func:`unetseg.runtime.training_channels_last`). Set both explicitly for runs that
+        must repeat bit for bit on one machine: a probe near its threshold can decide either way.
     compile : bool
         Run the network of the training step through ``torch.compile`` (inductor, forward and
         backward; one graph for the fixed training tile). Off by default: on the 2-core

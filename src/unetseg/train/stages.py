@@ -148,9 +148,6 @@ def _runtime(cfg: TrainConfig, device: Any, spatial_dims: int):
     dev = runtime.resolve_device(device if device is not None else rt.device)
     info = dist_util.init(dev, timeout_s=rt.collective_timeout_s)
     dev = dist_util.device_for(dev, info)
-    precision = runtime.resolve_precision(rt.precision, dev)
-    use_cl = runtime.training_channels_last(rt.channels_last, dev, precision, spatial_dims)
-    mem = runtime.memory_format(dev, spatial_dims) if use_cl else torch.contiguous_format
     if dev.type == "cpu":
         runtime.configure_allocator()
     if rt.threads is not None:
@@ -158,6 +155,9 @@ def _runtime(cfg: TrainConfig, device: Any, spatial_dims: int):
     elif dev.type == "cpu" and info.enabled:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         runtime.configure_threads(max(1, cpus // info.world_size))
+    precision = runtime.resolve_precision(rt.precision, dev)  # "auto" on a CPU is measured: threads first
+    use_cl = runtime.training_channels_last(rt.channels_last, dev, precision, spatial_dims)
+    mem = runtime.memory_format(dev, spatial_dims) if use_cl else torch.contiguous_format
     return dev, info, precision, use_cl, mem
 
 
@@ -189,9 +189,22 @@ def setup_run(cfg: TrainConfig, model: nn.Module, train_set: Dataset, run_dir: P
                                affinity_offsets=tuple(getattr(model, "affinity_offsets", ())))
     state.scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" and dev.type == "cuda" else None
     state.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
+    state.metrics.write(_runtime_record(cfg, dev, precision, use_cl))
     state.bar = Progress(cfg.schedule.steps, state.start, enabled=progress and info.is_main, every_s=cfg.runtime.progress_every_s)
     state.t_start = time.perf_counter()
     return state
+
+
+def _runtime_record(cfg: TrainConfig, dev: torch.device, precision: str, use_cl: bool) -> dict[str, Any]:
+    """The ``runtime`` line of metrics.jsonl: what this run (or resumed part) computes in, and on a
+    CPU its flags and, where ``auto`` was decided by measurement, the probe's timings."""
+    rec: dict[str, Any] = {"kind": "runtime", "device": str(dev), "precision": precision, "channels_last": use_cl,
+                           "threads": torch.get_num_threads()}
+    if dev.type == "cpu":
+        rec.update(runtime.cpu_flags())
+        if "auto" in (cfg.runtime.precision, cfg.runtime.channels_last):
+            rec["probe_s"] = dataclasses.asdict(runtime.cpu_speed())
+    return rec
 
 
 def _resume(state: RunState) -> None:
