@@ -69,10 +69,10 @@ def main(argv=None) -> int:
     ap.add_argument("--monai-precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto: as precision: auto decides")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    args.monai_precision = runtime.resolve_precision(args.monai_precision, torch.device("cpu"))
     if not args.data.exists():
         print(json.dumps({"skipped": f"{args.data} not found"}))
         return 0
+    args.monai_precision = runtime.resolve_precision(args.monai_precision, torch.device("cpu"))
     folds = json.loads((args.ours_cv / "cv.json").read_text())["folds"]
     names = [n for f in folds for n in f["held_out"]]
     frames = {n: frame(args.data, n) for n in names}

@@ -161,8 +161,11 @@ def main() -> None:
     nested = np.concatenate([apply(table[chosen[k]][0], maps) for k, (_, maps, _) in enumerate(folds)])
     gts = np.concatenate([g for _, _, g in folds])
     plain = np.concatenate([maps for _, maps, _ in folds])
-    card = {"card": score(apply(candidates(args)[1], plain), gts)} if args.card_post else {}
-    print(json.dumps({"summary": True, "chosen_per_fold": chosen, "plain": score(plain, gts), "nested": score(nested, gts), **card,
+    nested_scores, card = score(nested, gts), {}
+    if args.card_post:
+        chain = next(c for c, _ in table.values() if isinstance(c, CardChain))
+        card["card"] = nested_scores if set(chosen) == {name(chain)} else score(apply(chain, plain), gts)
+    print(json.dumps({"summary": True, "chosen_per_fold": chosen, "plain": score(plain, gts), "nested": nested_scores, **card,
                       "sections": int(gts.shape[0]), "cv": str(args.cv),
                       "rule": args.rule, **cpu_flags()}), flush=True)
 

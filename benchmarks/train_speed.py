@@ -121,6 +121,11 @@ def main() -> int:
     runtime.configure_threads(args.threads)
     cfg = load_train_config(args.config, args.overrides)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 native: {runtime.cpu_supports_bf16()}")
+    t0 = time.perf_counter()
+    probe = runtime.cpu_speed()  # what precision/channels_last: auto decide from, once per process
+    print(f"CPU probe ({time.perf_counter() - t0:.2f} s): bf16 {probe.bf16_speedup:.2f}x fp32, fp32 channels-last "
+          f"{probe.channels_last_speedup:.2f}x contiguous -> precision: auto = {runtime.resolve_precision('auto', torch.device('cpu'))}, "
+          f"fp32 channels_last: auto = {runtime.training_channels_last('auto', torch.device('cpu'), 'fp32')}")
     print(f"recipe {args.config}: {cfg.model.arch} {cfg.model.args}, tile {cfg.tile}, batch {cfg.batch_size}")
     variant = variants()
     names = list(variant)

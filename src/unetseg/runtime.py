@@ -164,7 +164,7 @@ def measure_cpu_speed(*, size: int = 128, repeats: int = 5, bf16: bool | None = 
 
 @functools.cache
 def cpu_speed() -> CpuSpeed:
-    """:func:`measure_cpu_speed` once per process (about half a second), at the thread count of
+    """:func:`measure_cpu_speed` once per process (``benchmarks/train_speed.py`` prints its time), at the thread count of
     the first call."""
     speed = measure_cpu_speed()
     log.info("CPU speed probe: bf16 autocast %.2fx fp32, fp32 channels-last %.2fx contiguous",

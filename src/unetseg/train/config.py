@@ -148,7 +148,7 @@ class RuntimeConfig:
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the CLI's ``--device`` wins).
     precision : {"auto", "fp32", "bf16", "fp16"}
-        ``auto``: bf16 autocast on recent GPUs, and on CPUs with native bf16 where a half-second
+        ``auto``: bf16 autocast on recent GPUs, and on CPUs with native bf16 where a short
         probe at the start measures it at least 1.2x as fast as fp32; fp32 elsewhere
         (:func:`unetseg.runtime.resolve_precision`).
     channels_last : bool or "auto"
