@@ -18,8 +18,11 @@ demo: $(STAMP)
 	$(VENV)/bin/unetseg demo --out demo-out
 
 # Under Xvfb (tools/headless.sh installs it when missing): the napari plugin's viewer tests need a display.
+# Two worker processes (pytest-xdist) share the CPU; then the tests marked serial (they kill
+# processes and watch them recover) run alone, so no other test's load changes their timing.
 test: $(STAMP)
-	tools/headless.sh $(PY) -m pytest -q -m "not slow" src tests
+	tools/headless.sh $(PY) -m pytest -q -n 2 -m "not slow and not serial" src tests
+	tools/headless.sh $(PY) -m pytest -q -m "serial and not slow" tests
 
 # The slow tests check outputs against real ImageJ (Debian's imagej, run under Xvfb): installed
 # here when missing and apt-get is allowed; without it that test skips with a message.

@@ -107,6 +107,7 @@ def _env():
     return env
 
 
+@pytest.mark.serial
 def test_sigterm_writes_checkpoint_and_exits_143(tmp_path, dataset):
     cfg = write_recipe(tmp_path, dataset, steps=100000, val=False, ckpt_every=100000)
     out = tmp_path / "run"
@@ -129,6 +130,7 @@ def test_sigterm_writes_checkpoint_and_exits_143(tmp_path, dataset):
     assert step >= 3 and "resume with --resume" in err
 
 
+@pytest.mark.serial
 def test_kill_during_checkpoint_writes_never_leaves_a_bad_checkpoint(tmp_path):
     """SIGKILL a process that writes checkpoints in a loop at random moments; the newest
     complete checkpoint must always load."""
@@ -174,6 +176,7 @@ def test_kill_during_checkpoint_writes_never_leaves_a_bad_checkpoint(tmp_path):
     assert latest_checkpoint(folder) is not None
 
 
+@pytest.mark.serial
 def test_torchrun_two_processes_keep_parameters_identical(tmp_path, dataset):
     cfg = write_recipe(tmp_path, dataset, steps=4, val=True, val_every=2, ckpt_every=2)
     out = tmp_path / "ddp"

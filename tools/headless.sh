@@ -6,7 +6,9 @@
 set -euo pipefail
 XCB_LIBS="xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 libxcb-render-util0 libxcb-xinerama0 libxcb-xinput0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libgl1-mesa-dri"
-missing() { ! command -v xvfb-run >/dev/null || ! ldconfig -p | grep -q libxcb-icccm.so.4; }
+# grep reads all of ldconfig's output (no -q): with pipefail, an early exit of grep -q would kill
+# ldconfig with SIGPIPE at random, and the check would report the libraries missing when they are not.
+missing() { ! command -v xvfb-run >/dev/null || ! ldconfig -p | grep libxcb-icccm.so.4 >/dev/null; }
 if [ -n "${DISPLAY:-}" ]; then exec "$@"; fi
 if missing && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "headless: installing Xvfb and Qt's X libraries" >&2

@@ -8,10 +8,20 @@ the totals are printed in pytest's terminal summary, so the figures quoted in
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 
 import pytest
 
 TALLY: collections.Counter = collections.Counter()
+
+
+def pytest_collection_modifyitems(items):
+    """Every test of this folder kills processes or fills disks and watches the recovery: ``serial``,
+    so ``make test`` runs them alone (the other tests share the CPU between two workers)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture
