@@ -45,7 +45,8 @@ from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
 from unetseg.evaluate import evaluate_isbi2012  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.membranes import Closure, agglomerate_boundaries, close_membranes  # noqa: E402
-from unetseg.postprocess import fill_small_holes  # noqa: E402
+from unetseg.models import Postprocess  # noqa: E402
+from unetseg.postprocess import fill_small_holes, foreground_postprocess  # noqa: E402
 from unetseg.runtime import cpu_flags  # noqa: E402
 
 KEYS = ("v_rand", "pixel_error", "warping_error", "warping_error_splits_mergers", "v_info")
@@ -113,8 +114,9 @@ def apply(c: Closure | Agglomerate | int | None, maps: np.ndarray) -> np.ndarray
         return np.stack([fill_small_holes(m, c) for m in maps])
     if isinstance(c, Agglomerate):
         return agglomerate_boundaries(maps, c.affinity)
-    if isinstance(c, CardChain):
-        return agglomerate_boundaries(np.stack([fill_small_holes(m, c.area) for m in maps]), c.affinity)
+    if isinstance(c, CardChain):  # the card's own chain, section by section, on a 2-class stack
+        probs = np.stack([1.0 - maps, maps.astype(np.float32, copy=True)])
+        return foreground_postprocess(probs, 1, Postprocess(fill_holes=c.area, agglomerate=c.affinity), sections=True)[1]
     return close_membranes(maps, c)
 
 
