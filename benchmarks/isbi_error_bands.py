@@ -23,13 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from unetseg.data import DataConfig, TargetConfig, load_dataset  # noqa: E402
-from unetseg.metrics import isbi_thresholds, pixel_error, pixel_error_by_distance  # noqa: E402
+from unetseg.metrics import isbi_thresholds, pixel_error, pixel_error_by_distance, warping_error  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("probs", nargs="+", help=".npy stacks of cell probabilities of sections 20-23")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "isbi2012"))
+    ap.add_argument("--topology", action="store_true", help="also count SPLIT and MERGE pixels at the best threshold")
     args = ap.parse_args()
     cfg = DataConfig(target=TargetConfig(kind="binary", foreground_value=255),
                      weights=dataclasses.replace(DataConfig().weights, enabled=False))
@@ -48,7 +49,20 @@ def main() -> int:
         false_membrane, false_cell = np.mean(gt & ~pred), np.mean(~gt & pred)
         print(f"{str(path)[-40:]:40s} {th:4.1f} {errors[k]:9.4f} {bands[0]:8.4f} {bands[1]:8.4f} {bands[2]:8.4f} "
               f"{false_membrane:10.4f} {false_cell:10.4f}")
+        if args.topology:
+            print(topology_line(gt, p))
     return 0
+
+
+def topology_line(gt: np.ndarray, p: np.ndarray) -> str:
+    """SPLIT and MERGE pixels (summed over sections) at the threshold that minimises their sum."""
+    counts = []
+    for th in isbi_thresholds(0.9):
+        per = [warping_error(g, q, th).counts for g, q in zip(gt, p)]
+        counts.append((sum(c["split"] for c in per), sum(c["merge"] for c in per), th))
+    split, merge, th = min(counts, key=lambda c: c[0] + c[1])
+    return (f"{'':40s} {th:4.1f} splits+mergers {(split + merge) / gt.size:.5f}: "
+            f"{split} split px, {merge} merge px")
 
 
 if __name__ == "__main__":

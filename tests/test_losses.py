@@ -143,6 +143,19 @@ def test_skeleton_recall_counts_the_share_of_the_membrane_line_that_is_broken():
     assert logits.grad[0, 0, 7:9].abs().sum() > 0 and logits.grad[0, 0, :5].abs().sum() == 0  # only skeleton pixels pull
 
 
+def test_cell_skeleton_recall_sees_a_false_membrane_across_a_cell():
+    target, sure = _membrane_batch()  # two cells, rows 0-6 and 9-15, split by the membrane
+    split = sure.clone()
+    split[0, :, 2:4, :] = torch.tensor([10.0, -10.0])[:, None, None]  # a false membrane across the upper cell
+    membrane_only = float(skeleton_recall_loss(split, target, classes=(0,), smooth=0))
+    assert membrane_only < 1e-6  # the membrane's own skeleton is still covered: the term is blind to the split
+    both = float(skeleton_recall_loss(split, target, classes=(0, 1), smooth=0))
+    assert both > 0.01  # the cell's centre line is cut where the false membrane crosses it
+    thick = sure.clone()
+    thick[0, :, 6, :] = torch.tensor([10.0, -10.0])[:, None]  # the true membrane one row thicker, at its edge
+    assert float(skeleton_recall_loss(thick, target, classes=(0, 1), smooth=0)) < both / 4  # the edge is off the centre line
+
+
 def test_skeleton_term_is_added_by_build_loss_and_checked():
     target, sure = _membrane_batch()
     batch = {"target": target}

@@ -297,7 +297,9 @@ class LossConfig:
     skeleton_weight : float
         Weight of the Skeleton Recall term added to the loss (0: off; its authors use 1).
     skeleton_classes : list of int, optional
-        The thin-structure classes whose skeletons are recalled (ISBI 2012: ``[0]``, the membrane).
+        The classes whose skeletons are recalled (the term is their mean). ISBI 2012 recipe:
+        ``[0, 1]``: the membrane's centre lines (gaps merge cells) and the cells' (a false
+        membrane across a cell splits it).
     affinity_weight : float
         Weight of :func:`affinity_loss` for a network with ``affinity_offsets`` (ignored without).
     affinity_class : int
