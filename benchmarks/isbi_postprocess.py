@@ -115,7 +115,7 @@ def apply(c: Closure | Agglomerate | int | None, maps: np.ndarray) -> np.ndarray
     if isinstance(c, Agglomerate):
         return agglomerate_boundaries(maps, c.affinity)
     if isinstance(c, CardChain):  # the card's own chain, section by section, on a 2-class stack
-        probs = np.stack([1.0 - maps, maps.astype(np.float32, copy=True)])
+        probs = np.stack([1.0 - maps, maps]).astype(np.float32)
         return foreground_postprocess(probs, 1, Postprocess(fill_holes=c.area, agglomerate=c.affinity), sections=True)[1]
     return close_membranes(maps, c)
 
