@@ -1,6 +1,7 @@
 """Training speed of the ISBI CPU recipe: steps/s with bf16 autocast vs fp32, of the two memory
 formats in fp32, of the training step through torch.compile (``runtime.compile``), and of the
-recipe fed pre-made tiles (what making the data costs the step rate), in one run.
+recipe fed pre-made tiles (what making the data costs the step rate), and with the Skeleton
+Recall term's skeletons made in the training step instead of by the loader, in one run.
 
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/train_speed.py [--steps 30] [--config configs/isbi2012-cpu.yaml]
 
@@ -41,6 +42,7 @@ class Variant(NamedTuple):
     compiled: bool = False
     premade: bool = False  # the recipe's tiles made before the clock starts
     workers: int | None = None  # runtime.num_workers (None: the recipe's)
+    skeletons_in_step: bool = False  # the Skeleton Recall term's skeletons made in the training step, not by the loader
 
 
 def variants() -> dict[str, Variant]:
@@ -50,7 +52,8 @@ def variants() -> dict[str, Variant]:
     return {"fp32": Variant("fp32", False), "fp32 channels-last": Variant("fp32", True), "bf16 channels-last": Variant("bf16", True),
             f"{auto} channels-last compiled": Variant(auto, True, compiled=True),
             f"{auto} channels-last, pre-made tiles": Variant(auto, True, premade=True),
-            f"{auto} channels-last, one loader process": Variant(auto, True, workers=1)}
+            f"{auto} channels-last, one loader process": Variant(auto, True, workers=1),
+            f"{auto} channels-last, skeletons in the step": Variant(auto, True, skeletons_in_step=True)}
 
 
 class PremadeTiles(torch.utils.data.Dataset):
@@ -68,15 +71,19 @@ class PremadeTiles(torch.utils.data.Dataset):
 
 
 @contextlib.contextmanager
-def premade_tiles(enabled: bool):
-    """While open, ``train_from_config`` trains on :class:`PremadeTiles` of the tiles it would draw."""
-    if not enabled:
+def patched_tiles(premade: bool, skeletons_in_step: bool):
+    """While open, ``train_from_config`` trains on :class:`PremadeTiles` of the tiles it would draw
+    (``premade``), or on tiles without skeletons, so that the loss makes them in the step."""
+    if not (premade or skeletons_in_step):
         yield
         return
     from unetseg.train import setup
 
     real = setup.TileDataset
-    setup.TileDataset = lambda *a, **kw: PremadeTiles(real(*a, **kw))
+    if premade:
+        setup.TileDataset = lambda *a, **kw: PremadeTiles(real(*a, **kw))
+    else:
+        setup.TileDataset = lambda *a, **kw: real(*a, **{**kw, "skeleton_classes": ()})
     try:
         yield
     finally:
@@ -93,7 +100,7 @@ def timed_run(cfg, config_path: Path, variant: Variant, steps: int, warmup: int)
     sch = dataclasses.replace(cfg.schedule, steps=warmup + steps + 1)
     c = dataclasses.replace(cfg, runtime=rt, validation=val, checkpoint=ck, schedule=sch, val_data=None)
     stamps: dict[int, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, premade_tiles(variant.premade):
+    with tempfile.TemporaryDirectory() as tmp, patched_tiles(variant.premade, variant.skeletons_in_step):
         train_from_config(
             c,
             Path(tmp) / "run",
@@ -132,6 +139,7 @@ def main() -> int:
     compiled = next(n for n, v in variant.items() if v.compiled)
     premade = next(n for n, v in variant.items() if v.premade)
     process = next(n for n, v in variant.items() if v.workers)
+    in_step = next(n for n, v in variant.items() if v.skeletons_in_step)
     names = [n for n in names if not args.only or n in args.only]
     rates: dict[str, list[float]] = {name: [] for name in names}
     waits: dict[str, list[float]] = {name: [] for name in names}
@@ -149,7 +157,8 @@ def main() -> int:
               "fp32 channels-last/contiguous": ("fp32 channels-last", "fp32"),
               "compiled/eager": (compiled, f"{variant[compiled][0]} channels-last"),
               "pre-made tiles/real pipeline (the cost of making the data)": (premade, f"{variant[premade][0]} channels-last"),
-              "pre-made tiles/loading in one worker process": (premade, process)}
+              "pre-made tiles/loading in one worker process": (premade, process),
+              "skeletons made by the loader/in the step": (f"{variant[in_step][0]} channels-last", in_step)}
     print("; ".join(f"{k} = {best[a] / best[b]:.3f}x" for k, (a, b) in ratios.items() if a in best and b in best))
     print("waiting for data (share of the step time, same runs): " + " | ".join(f"{n} {100 * v:.1f} %" for n, v in wait_best.items()))
     print(json.dumps({"benchmark": "train_speed", "steps_per_s": {k: round(v, 3) for k, v in best.items()},

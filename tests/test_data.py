@@ -432,6 +432,28 @@ def test_3d_tiles():
     assert set(np.unique(s["target"].numpy())) <= {0, 1}
 
 
+def test_tiles_carry_the_skeletons_of_their_own_target():
+    import torch
+
+    from unetseg.losses import class_skeletons
+
+    im = ramp_image()
+    im.ignore[:, :12] = True
+    ds = TileDataset([im], (44, 44), (30, 30), augment=AugmentConfig(), samples_per_epoch=4, seed=5, skeleton_classes=(0, 1))
+    plain = TileDataset([im], (44, 44), (30, 30), augment=AugmentConfig(), samples_per_epoch=4, seed=5)
+    for i in range(4):
+        s = ds[i]
+        assert "skeleton" not in plain[i] and torch_equal(plain[i]["target"], s["target"])
+        assert s["skeleton"].dtype == torch.bool and tuple(s["skeleton"].shape) == (2, 30, 30)
+        assert np.array_equal(s["skeleton"].numpy(), class_skeletons(s["target"].numpy(), s["mask"].numpy(), classes=(0, 1)))
+        assert not s["skeleton"].numpy()[:, ~s["mask"].numpy()].any()  # nothing of the ignored pixels
+    assert ds[0]["skeleton"][1].any()
+    vol = np.zeros((8, 8, 8), np.int64)
+    im3 = LabeledImage("v", vol[None].astype(np.float32), vol, np.ones(vol.shape, np.float32), np.zeros(vol.shape, bool))
+    with pytest.raises(ConfigError, match="2D"):
+        TileDataset([im3], (8, 8, 8), (4, 4, 4), skeleton_classes=(0,))
+
+
 def test_tile_dataset_is_a_torch_dataset():
     from torch.utils.data import Dataset
 

@@ -12,6 +12,7 @@ from unetseg.losses import (
     LossConfig,
     binary_cross_entropy,
     build_loss,
+    class_skeletons,
     skeleton_recall_loss,
     soft_dice_loss,
     weighted_cross_entropy,
@@ -167,3 +168,21 @@ def test_skeleton_term_is_added_by_build_loss_and_checked():
         build_loss(LossConfig(skeleton_weight=1.0))
     with pytest.raises(ValueError, match="2D"):
         skeleton_recall_loss(torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 4, 4, 4, dtype=torch.long), classes=(0,))
+
+
+def test_skeletons_the_tiles_carry_give_the_loss_computed_from_the_target():
+    target, sure = _membrane_batch()
+    logits = sure.clone()
+    logits[0, :, 2:4, 3:9] = torch.tensor([10.0, -10.0])[:, None, None]  # a false membrane part-way across the upper cell
+    mask = torch.ones_like(target, dtype=torch.bool)
+    mask[0, 12:, :] = False
+    given = torch.from_numpy(class_skeletons(target[0].numpy(), mask[0].numpy(), classes=(0, 1)))[None]
+    inside = float(skeleton_recall_loss(logits, target, mask, classes=(0, 1)))
+    assert inside > 0.01 and float(skeleton_recall_loss(logits, target, mask, classes=(0, 1), skeletons=given)) == inside
+    batch = {"target": target, "mask": mask, "skeleton": given}
+    loss = build_loss(LossConfig(name="ce", skeleton_weight=1.0, skeleton_classes=[0, 1]))
+    assert float(loss(logits, batch)) == float(loss(logits, {"target": target, "mask": mask}))
+    empty = torch.zeros_like(given)  # the batch's skeletons are what the term recalls: none, no loss
+    assert float(skeleton_recall_loss(logits, target, mask, classes=(0, 1), skeletons=empty)) == 0.0
+    with pytest.raises(ValueError, match="expected"):
+        skeleton_recall_loss(logits, target, mask, classes=(0,), skeletons=given)

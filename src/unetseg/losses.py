@@ -212,15 +212,35 @@ def tubed_skeleton(structure: np.ndarray, *, tube: int = 2) -> np.ndarray:
     return skeleton & structure.astype(bool) if tube else skeleton
 
 
-def skeleton_recall_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None, *, classes: tuple[int, ...], smooth: float = 1.0) -> Tensor:
+def class_skeletons(target: np.ndarray, valid: np.ndarray | None = None, *, classes: tuple[int, ...], tube: int = 2) -> np.ndarray:
+    """The :func:`tubed_skeleton` of each class of ``classes`` in one 2D ``target``, restricted to
+    the ``valid`` pixels: a bool array ``(len(classes), H, W)``, what Skeleton Recall recalls.
+
+    The training tiles carry it (``TileDataset(skeleton_classes=...)``), so it is made in the
+    data loader instead of the training step.
+
+    Examples
+    --------
+    >>> target = np.ones((7, 9), np.int64); target[2:5, :] = 0
+    >>> s = class_skeletons(target, classes=(0,), tube=0)
+    >>> s.shape, np.flatnonzero(s[0, :, 4]).tolist()
+    ((1, 7, 9), [3])
+    """
+    ok = np.ones(target.shape, bool) if valid is None else np.asarray(valid, dtype=bool)
+    return np.stack([tubed_skeleton((target == c) & ok, tube=tube) for c in classes])
+
+
+def skeleton_recall_loss(logits: Tensor, target: Tensor, mask: Tensor | None = None, *, classes: tuple[int, ...], smooth: float = 1.0,
+                         skeletons: Tensor | None = None) -> Tensor:
     """``1 -`` the soft recall of the tubed ground-truth skeletons of ``classes``, pooled over the batch.
 
     For each class ``c``: ``(sum p_c S_c + smooth) / (sum S_c + smooth)``, with ``S_c`` the
     :func:`tubed_skeleton` of the (unmasked) pixels of class ``c`` and ``p_c`` the soft-max
     probability; the loss is 1 minus its mean over ``classes``. A gap in a predicted membrane
     lowers the recall of its skeleton however thin the gap, which is what the ISBI ranking
-    metrics (V_rand, warping error) punish and per-pixel losses barely see. The skeletons are
-    computed on the CPU from the target, inside the training step.
+    metrics (V_rand, warping error) punish and per-pixel losses barely see. ``skeletons``
+    (``(N, len(classes), H, W)``, :func:`class_skeletons` of each item, as the training tiles
+    carry them) are used as given; without them they are computed here from the target.
 
     Examples
     --------
@@ -235,10 +255,14 @@ def skeleton_recall_loss(logits: Tensor, target: Tensor, mask: Tensor | None = N
     _check(logits, target)
     if logits.dim() != 4:
         raise ValueError(f"skeleton recall is 2D: logits must be (N, C, H, W), got shape {tuple(logits.shape)}")
-    labels = target.detach().cpu().numpy()
-    valid = np.ones(labels.shape, bool) if mask is None else mask.detach().cpu().numpy().astype(bool)
-    skeletons = np.stack([np.stack([tubed_skeleton((lab == c) & ok) for lab, ok in zip(labels, valid)]) for c in classes], 1)
-    skel = torch.from_numpy(skeletons).to(logits.device, torch.float32)
+    if skeletons is None:
+        labels = target.detach().cpu().numpy()
+        valid = [None] * len(labels) if mask is None else mask.detach().cpu().numpy()
+        skeletons = torch.from_numpy(np.stack([class_skeletons(lab, ok, classes=classes) for lab, ok in zip(labels, valid)]))
+    expected = (logits.shape[0], len(classes), *logits.shape[2:])
+    if tuple(skeletons.shape) != expected:
+        raise ValueError(f"skeletons of shape {tuple(skeletons.shape)} for {len(classes)} class(es): expected {expected}")
+    skel = skeletons.to(logits.device, torch.float32)
     probs = torch.softmax(logits.float(), dim=1)[:, list(classes)]
     recall = ((probs * skel).sum((0, 2, 3)) + smooth) / (skel.sum((0, 2, 3)) + smooth)
     return 1 - recall.mean()
@@ -363,7 +387,7 @@ def build_loss(cfg: LossConfig, *, num_classes: int | None = None, affinity_offs
 
 def _with_skeleton(base: LossFn, weight: float, classes: tuple[int, ...]) -> LossFn:
     def with_skeleton(logits: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-        recall = skeleton_recall_loss(logits, batch["target"], batch.get("mask"), classes=classes)
+        recall = skeleton_recall_loss(logits, batch["target"], batch.get("mask"), classes=classes, skeletons=batch.get("skeleton"))
         return base(logits, batch) + weight * recall
 
     return with_skeleton

@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 
 from ..augment import AugmentConfig, Transform, apply_transform, sample_transform
 from ..errors import ConfigError, InputError
+from ..losses import class_skeletons
 from .targets import LabeledImage
+
 
 class TileDataset(Dataset):
     """Random training tiles: input of the model's valid size, target crops of its output size.
@@ -35,6 +37,10 @@ class TileDataset(Dataset):
         Probability that a tile is centred on a random foreground pixel / on a pixel with a
         high border weight (``w > border_threshold``) instead of uniformly.
     seed, rank, world_size : int
+    skeleton_classes : sequence of int
+        2D only: each tile also carries ``skeleton``, the tubed skeletons of these classes
+        (:func:`~unetseg.losses.class_skeletons`) that the Skeleton Recall term recalls, made here
+        in the data loader rather than in the training step.
 
     Examples
     --------
@@ -60,6 +66,7 @@ class TileDataset(Dataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        skeleton_classes: Sequence[int] = (),
     ) -> None:
         if not images:
             raise InputError("no training images to sample tiles from")
@@ -76,6 +83,9 @@ class TileDataset(Dataset):
             raise ConfigError(f"rank {rank} outside world size {world_size}")
         if foreground_bias < 0 or border_bias < 0 or foreground_bias + border_bias > 1:
             raise ConfigError("foreground_bias and border_bias must be >= 0 and sum to at most 1")
+        if skeleton_classes and nd != 2:
+            raise ConfigError(f"loss.skeleton_classes: Skeleton Recall is 2D, these tiles are {nd}D")
+        self.skeleton_classes = tuple(int(c) for c in skeleton_classes)
         self.augment = augment
         self.samples_per_epoch = int(samples_per_epoch)
         self.foreground_bias = float(foreground_bias)
@@ -143,14 +153,18 @@ class TileDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Tensors ``image`` (C, *in) float32, ``target`` (*out) int64, ``weight`` (*out) float32,
-        ``mask`` (*out) bool (True = counts in the loss)."""
+        ``mask`` (*out) bool (True = counts in the loss) and, with ``skeleton_classes``,
+        ``skeleton`` (K, *out) bool."""
         s = self.sample(self.rng_for(index))
-        return {
+        out = {
             "image": torch.from_numpy(np.ascontiguousarray(s["image"], dtype=np.float32)),
             "target": torch.from_numpy(np.ascontiguousarray(s["target"], dtype=np.int64)),
             "weight": torch.from_numpy(np.ascontiguousarray(s["weight"], dtype=np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(s["mask"], dtype=bool)),
         }
+        if self.skeleton_classes:
+            out["skeleton"] = torch.from_numpy(class_skeletons(out["target"].numpy(), out["mask"].numpy(), classes=self.skeleton_classes))
+        return out
 
 
 def _crop(im: LabeledImage, center: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +175,7 @@ def train_from_config(
         init = resolve_path(cfg.model.init, config_path, "model.init")
         fresh = init_from(model, init, reinit_head=cfg.model.reinit_head)
         log.info("model.init: weights from %s%s", init, f" (re-initialised: {', '.join(fresh)})" if fresh else "")
-    samp = cfg.sampling
-    train_set = TileDataset(
-        train.items, in_shape, out_shape, augment=cfg.augment if samp.augment else None, samples_per_epoch=10**12,
-        foreground_bias=samp.foreground_bias, border_bias=samp.border_bias, border_threshold=samp.border_threshold,
-        seed=cfg.runtime.seed, rank=0, world_size=1,
-    )
+    train_set = training_tiles(cfg, train.items, in_shape, out_shape)
     card = dataclasses.replace(card_for_target(train.target, cfg.data.normalization), postprocess=cfg.postprocess).with_training(
         train=tuple(it.name for it in train.items), val=tuple(it.name for it in val_items), tile=out_shape, data=cfg.train_data.path,
         init=origin,
@@ -193,6 +189,29 @@ def train_from_config(
     if cfg.validation.check_backends and val_items and info.is_main and result.status in ("completed", "time_limit", "early_stopped"):
         _check_backends(Path(out), runtime.resolve_device(device if device is not None else cfg.runtime.device))
     return result
+
+
+def training_tiles(cfg: TrainConfig, items: Sequence[LabeledImage], in_shape: Sequence[int], out_shape: Sequence[int]) -> TileDataset:
+    """The recipe's random training tiles of ``items`` (one rank: the loader picks each rank's
+    indices), carrying the skeletons its Skeleton Recall term recalls, if it has one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unetseg.losses import LossConfig
+    >>> img = LabeledImage("a", np.zeros((1, 40, 40), np.float32), np.zeros((40, 40), np.int64),
+    ...                    np.ones((40, 40), np.float32), np.zeros((40, 40), bool))
+    >>> cfg = TrainConfig(loss=LossConfig(skeleton_weight=1.0, skeleton_classes=[0, 1]))
+    >>> tuple(training_tiles(cfg, [img], (36, 36), (20, 20))[0]["skeleton"].shape)
+    (2, 20, 20)
+    """
+    samp = cfg.sampling
+    skeleton_classes = tuple(cfg.loss.skeleton_classes or ()) if cfg.loss.skeleton_weight > 0 else ()
+    return TileDataset(
+        items, in_shape, out_shape, augment=cfg.augment if samp.augment else None, samples_per_epoch=10**12,
+        foreground_bias=samp.foreground_bias, border_bias=samp.border_bias, border_threshold=samp.border_threshold,
+        seed=cfg.runtime.seed, rank=0, world_size=1, skeleton_classes=skeleton_classes,
+    )
 
 
 def _check_backends(run_dir: Path, device) -> None:
