@@ -100,6 +100,26 @@ def test_cli_resume_continues_exactly(tmp_path, dataset):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+def test_a_skeleton_recall_recipe_trains_on_the_skeletons_its_tiles_carry(tmp_path, dataset, monkeypatch):
+    import unetseg.losses as losses
+    from unetseg.train.config import load_train_config
+    from unetseg.train.setup import train_from_config
+
+    seen = []
+    real = losses.skeleton_recall_loss
+
+    def spy(logits, target, mask=None, **kw):
+        seen.append(kw.get("skeletons"))
+        return real(logits, target, mask, **kw)
+
+    monkeypatch.setattr(losses, "skeleton_recall_loss", spy)
+    cfg = write_recipe(tmp_path, dataset, steps=3, val=False)
+    over = ["loss.skeleton_weight=1.0", "loss.skeleton_classes=[0, 1]", "runtime.num_workers=1"]
+    res = train_from_config(load_train_config(cfg, over), tmp_path / "run", config_path=cfg)
+    assert res.status == "completed" and len(seen) == 3
+    assert all(s is not None and str(s.dtype) == "torch.bool" and tuple(s.shape[:2]) == (1, 2) for s in seen)  # from the loader
+
+
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
