@@ -342,6 +342,17 @@ class LossConfig:
     affinity_weight: float = 1.0
     affinity_class: int = 1
 
+    @property
+    def recalled_classes(self) -> tuple[int, ...]:
+        """The classes whose skeletons the Skeleton Recall term recalls; empty when it is off.
+
+        Examples
+        --------
+        >>> LossConfig(skeleton_weight=1.0, skeleton_classes=[0, 1]).recalled_classes, LossConfig().recalled_classes
+        ((0, 1), ())
+        """
+        return tuple(self.skeleton_classes or ()) if self.skeleton_weight > 0 else ()
+
 
 LossFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
@@ -370,8 +381,8 @@ def build_loss(cfg: LossConfig, *, num_classes: int | None = None, affinity_offs
         raise ConfigError(f"loss.affinity_weight and loss.affinity_class must be >= 0 (got {cfg.affinity_weight}, {cfg.affinity_class})")
     classes = tuple(cfg.dice_classes) if cfg.dice_classes is not None else None
     base = _base_loss(cfg, classes)
-    if cfg.skeleton_weight > 0:
-        base = _with_skeleton(base, cfg.skeleton_weight, tuple(cfg.skeleton_classes or ()))
+    if cfg.recalled_classes:
+        base = _with_skeleton(base, cfg.skeleton_weight, cfg.recalled_classes)
     if not affinity_offsets:
         return base
     c = int(num_classes or 0)

@@ -206,11 +206,10 @@ def training_tiles(cfg: TrainConfig, items: Sequence[LabeledImage], in_shape: Se
     (2, 20, 20)
     """
     samp = cfg.sampling
-    skeleton_classes = tuple(cfg.loss.skeleton_classes or ()) if cfg.loss.skeleton_weight > 0 else ()
     return TileDataset(
         items, in_shape, out_shape, augment=cfg.augment if samp.augment else None, samples_per_epoch=10**12,
         foreground_bias=samp.foreground_bias, border_bias=samp.border_bias, border_threshold=samp.border_threshold,
-        seed=cfg.runtime.seed, rank=0, world_size=1, skeleton_classes=skeleton_classes,
+        seed=cfg.runtime.seed, rank=0, world_size=1, skeleton_classes=cfg.loss.recalled_classes,
     )
 
 
