@@ -9,8 +9,9 @@ cells) trains on the other frames for ``--minutes``; the held-out frames are seg
 overlap-tile + 8-fold TTA into instance labels (connected components of the cell class, or split
 by a watershed on the distance transform; small objects removed) and scored with the Cell
 Tracking Challenge SEG measure, pooled over all reference objects of all held-out frames. No frame is ever scored by a model that saw it.
-One speed probe sets ``schedule.steps`` so the recipe's learning-rate schedule ends with the
-time budget (:func:`unetseg.train.setup.steps_for_budget`).
+A recipe with ``schedule.fit_time_limit`` (``configs/hela.yaml``) spans its schedule over the
+minutes itself; for one without, a speed probe sets ``schedule.steps`` so the learning-rate
+schedule ends with the time budget (:func:`unetseg.train.setup.steps_for_budget`).
 
 Prints a per-fold table and one JSON line. The paper reports IoU 0.7756 on the 2015 challenge
 test sequences (our data are sequence 01 only, 9 annotated frames: not the same test set).
@@ -71,10 +72,11 @@ def main() -> int:
             [f"train_data.path={args.data}", f"train_data.select={json.dumps(train)}", "val_data=null",
              f"runtime.max_minutes={args.minutes}", *args.overrides],
         )
-        if steps is None:  # one speed probe: every fold trains the same network on tiles of the same size
+        if steps is None and not cfg.schedule.fit_time_limit:  # one speed probe: every fold trains the same network on tiles of the same size
             steps, rate = steps_for_budget(cfg, args.minutes, config_path=args.config)
             print(f"speed probe: {rate:.3f} steps/s -> schedule of {steps} steps per fold", flush=True)
-        cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
+        if steps is not None:  # a recipe whose schedule is fitted to its time limit needs no probe
+            cfg = dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, steps=steps))
         run = out / f"fold{i}"
         result = train_from_config(cfg, run, config_path=args.config)
         fold = {s: [] for s in splits}

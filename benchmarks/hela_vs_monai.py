@@ -12,7 +12,8 @@ choose from: connected components, and a distance-transform watershed (both with
 50 px removed, threshold 0.5). The reference frames are used as they are (``man_seg067`` labels
 3 of its cells; the other cells there are background for MONAI's loss). Prints per fold and
 pooled CTC SEG (pooled: all reference objects of all frames) and the share of predicted objects
-that touch no reference cell, with the CPU's flags; needs the ``bench`` extra.
+that touch no reference cell (over all frames, and over the frames annotated completely), with the
+CPU's flags; needs the ``bench`` extra.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 from monai_baseline import predict_monai, train_monai  # noqa: E402
 from unetseg import runtime  # noqa: E402
 from unetseg.data import LabeledImage  # noqa: E402
+from unetseg.data.targets import partial_frames  # noqa: E402
 from unetseg.io import read_image  # noqa: E402
 from unetseg.metrics.ctc import seg_score  # noqa: E402
 from unetseg.normalize import normalize  # noqa: E402
@@ -50,15 +52,20 @@ def frame(data: Path, name: str) -> tuple[LabeledImage, np.ndarray]:
 
 
 def pooled(gts: list[np.ndarray], labels: list[np.ndarray]) -> dict:
-    """SEG over all reference objects of all frames, and the share of predicted objects touching no reference cell."""
-    per_object, false, total = [], 0, 0
-    for gt, lab in zip(gts, labels):
+    """SEG over all reference objects of all frames, and the share of predicted objects touching no
+    reference cell: over all frames, and over the frames whose annotation is complete (a partial
+    frame's unannotated cells count as false objects although they are cells)."""
+    per_object, false, complete = [], [0, 0], [0, 0]
+    for gt, lab, partial in zip(gts, labels, partial_frames(gts)):
         n = len(np.unique(gt[gt > 0]))
         per_object += [seg_score(gt, lab)] * n  # seg_score averages over the frame's n reference objects
         ids = np.unique(lab[lab > 0])
-        false += len(ids) - len(np.unique(lab[(lab > 0) & (gt > 0)]))
-        total += len(ids)
-    return {"seg": round(float(np.mean(per_object)), 4), "unmatched_fraction": round(false / max(total, 1), 4)}
+        bad = len(ids) - len(np.unique(lab[(lab > 0) & (gt > 0)]))
+        false = [false[0] + bad, false[1] + len(ids)]
+        if not partial:
+            complete = [complete[0] + bad, complete[1] + len(ids)]
+    return {"seg": round(float(np.mean(per_object)), 4), "unmatched_fraction": round(false[0] / max(false[1], 1), 4),
+            "unmatched_fraction_complete_frames": round(complete[0] / max(complete[1], 1), 4)}
 
 
 def main(argv=None) -> int:

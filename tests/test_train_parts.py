@@ -114,6 +114,20 @@ def test_recipes_load(name):
     assert cfg.val_data is not None
 
 
+@pytest.mark.parametrize("name, most_minutes", [("isbi2012-cpu.yaml", 30), ("hela.yaml", 10)])
+def test_cpu_recipes_budget_time_not_steps(name, most_minutes):
+    # Issue 17: a recipe's budget is time. It stops at runtime.max_minutes (HeLa: 3 folds in at
+    # most 30 minutes) with the cosine fitted to those minutes, and its step count is a ceiling
+    # only a machine 50 steps/s fast would reach, so a faster machine trains longer, never stops
+    # early at a step cap.
+    from pathlib import Path
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert cfg.runtime.max_minutes is not None and 0 < cfg.runtime.max_minutes <= most_minutes
+    assert cfg.schedule.fit_time_limit
+    assert cfg.schedule.steps >= 50 * 60 * cfg.runtime.max_minutes
+
+
 def test_progress_plain_lines_without_terminal(caplog):
     import io
     import logging
