@@ -159,6 +159,40 @@ def test_progress_bar_on_a_terminal():
     assert "loss=0.2500" in s.getvalue()
 
 
+def test_progress_eta_ends_with_the_time_limit(caplog):
+    # A time-budgeted recipe's step count is a far ceiling (100000); the ETA is when its time ends.
+    import io
+    import logging
+    import re
+
+    from unetseg.train.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="unetseg.train")
+    p = Progress(100_000, 0, enabled=True, every_s=0.0, stream=io.StringIO(), time_left_s=90.0)
+    p.t0 -= 1.0  # one second in, 10 steps done: by steps alone the ETA would be 2:46:39
+    p.update(10, 0.5, 1e-3)
+    minutes, seconds = re.search(r"ETA (\d\d):(\d\d)", caplog.text).groups()
+    assert 60 <= 60 * int(minutes) + int(seconds) <= 89
+    assert Progress(100_000, 0, time_left_s=None).eta(0) == float("inf")
+
+
+def test_progress_bar_with_a_time_limit_has_no_step_total():
+    import io
+
+    from unetseg.train.progress import Progress
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    s = TTY()
+    p = Progress(100_000, 0, enabled=True, stream=s, time_left_s=60.0)
+    assert p.bar.total is None
+    p.update(3, 0.25, 1e-3)
+    p.close()
+    assert "left=" in s.getvalue() and "100000" not in s.getvalue()
+
+
 def test_validation_reports_each_metric_at_its_best_threshold(monkeypatch):
     from dataclasses import dataclass
 

@@ -190,7 +190,9 @@ def setup_run(cfg: TrainConfig, model: nn.Module, train_set: Dataset, run_dir: P
     state.scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" and dev.type == "cuda" else None
     state.metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main)
     state.metrics.write(_runtime_record(cfg, dev, precision, use_cl))
-    state.bar = Progress(cfg.schedule.steps, state.start, enabled=progress and info.is_main, every_s=cfg.runtime.progress_every_s)
+    time_left = None if time_limit_s is None else max(0.0, time_limit_s - state.prior_s)
+    state.bar = Progress(cfg.schedule.steps, state.start, enabled=progress and info.is_main, every_s=cfg.runtime.progress_every_s,
+                         time_left_s=time_left)
     state.t_start = time.perf_counter()
     return state
 
