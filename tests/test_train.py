@@ -180,6 +180,24 @@ def test_time_limit_counts_the_time_before_a_resume(tmp_path):
     assert resumed.status == "time_limit" and resumed.step == 5  # the limit was already spent: one step
 
 
+def test_progress_is_told_the_time_left_after_a_resume(tmp_path, monkeypatch):
+    import unetseg.train.stages as stages
+
+    seen = []
+
+    class Spy(stages.Progress):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("time_left_s"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "Progress", Spy)
+    cfg = tiny_cfg(schedule={"steps": 50, "name": "constant"})
+    _run(tmp_path / "run", cfg, stop_after=3, time_limit_s=60.0, on_step=lambda step, loss: time.sleep(0.3))
+    _run(tmp_path / "run", cfg, resume=True, time_limit_s=60.0, stop_after=4)
+    _run(tmp_path / "free", cfg, stop_after=1)
+    assert seen[0] == 60.0 and 50.0 < seen[1] <= 59.1 and seen[2] is None  # at least 0.9 s were spent before the resume
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     cfg = tiny_cfg(runtime={"device": "cpu", "precision": "fp32", "seed": 0, "debug_nan_at_step": 5, "channels_last": False})
     with pytest.raises(TrainingError, match=r"loss became nan at step 6.*step_00000004"):
