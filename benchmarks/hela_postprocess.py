@@ -69,11 +69,23 @@ def held_out(cv: Path, data: Path, sequence: str, bn_refresh: int = 0) -> list[t
     return out
 
 
+EDGES = ("top", "bottom", "left", "right")
+
+
 def false_objects(gt: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     """(predicted objects touching no reference cell, predicted objects)."""
     ids = np.unique(labels[labels > 0])
     touching = np.unique(labels[(labels > 0) & (gt > 0)])
     return len(ids) - len(touching), len(ids)
+
+
+def false_objects_at_edges(gt: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """How many predicted objects touching no reference cell touch each edge of the frame
+    (``none``: no edge), to tell unannotated cells cut by the frame from objects in open background."""
+    false = set(np.unique(labels[labels > 0]).tolist()) - set(np.unique(labels[(labels > 0) & (gt > 0)]).tolist())
+    rims = dict(zip(EDGES, (labels[0], labels[-1], labels[:, 0], labels[:, -1])))
+    at = {e: {int(i) for i in np.unique(rim)} & false for e, rim in rims.items()}
+    return {**{e: len(ids) for e, ids in at.items()}, "none": len(false - set().union(*at.values()))}
 
 
 def matches(gt: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
@@ -98,6 +110,7 @@ def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tup
     per_object: list[float] = []  # each frame's SEG once per reference object: SEG pooled as `unetseg cv` pools it
     false_all = [0, 0]
     false_complete = [0, 0]
+    edges_complete = dict.fromkeys((*EDGES, "none"), 0)  # the complete frames' false objects by the frame edge they touch
     missed: dict[str, int] = {}
     rows: list[tuple[int, float, int]] = []  # (fold, SEG, reference objects) per frame, for the nested choice
     area_ratios: list[float] = []
@@ -113,9 +126,12 @@ def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tup
         missed[frame], area_ratios = lost, area_ratios + ratios
         if not partial[frame]:
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
+            at = false_objects_at_edges(gt, labels)
+            edges_complete = {e: k + at[e] for e, k in edges_complete.items()}
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
     return rows, {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
+            "false_objects_complete_frames_by_edge": edges_complete,
             "missed_cells_per_frame": missed, "area_ratio_median": round(float(np.median(area_ratios)), 3) if area_ratios else None,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
 
@@ -156,7 +172,7 @@ def main(argv=None) -> int:
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
         print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
-              f"({fc[0] / max(fc[1], 1):.3f}); cells missed {sum(r['missed_cells_per_frame'].values())} "
+              f"({fc[0] / max(fc[1], 1):.3f}; touching the frame's edges {r['false_objects_complete_frames_by_edge']}); cells missed {sum(r['missed_cells_per_frame'].values())} "
               f"(most in one frame {max(r['missed_cells_per_frame'].values())}), matched object / cell area median {r['area_ratio_median']}", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
     summary = nested(table)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hela_postprocess import false_objects  # noqa: E402
 from monai_baseline import predict_monai, train_monai  # noqa: E402
 from unetseg import runtime  # noqa: E402
 from unetseg.data import LabeledImage  # noqa: E402
@@ -59,11 +60,10 @@ def pooled(gts: list[np.ndarray], labels: list[np.ndarray]) -> dict:
     for gt, lab, partial in zip(gts, labels, partial_frames(gts)):
         n = len(np.unique(gt[gt > 0]))
         per_object += [seg_score(gt, lab)] * n  # seg_score averages over the frame's n reference objects
-        ids = np.unique(lab[lab > 0])
-        bad = len(ids) - len(np.unique(lab[(lab > 0) & (gt > 0)]))
-        false = [false[0] + bad, false[1] + len(ids)]
+        bad, objects = false_objects(gt, lab)
+        false = [false[0] + bad, false[1] + objects]
         if not partial:
-            complete = [complete[0] + bad, complete[1] + len(ids)]
+            complete = [complete[0] + bad, complete[1] + objects]
     return {"seg": round(float(np.mean(per_object)), 4), "unmatched_fraction": round(false[0] / max(false[1], 1), 4),
             "unmatched_fraction_complete_frames": round(complete[0] / max(complete[1], 1), 4)}
 
