@@ -173,6 +173,7 @@ def test_progress_eta_ends_with_the_time_limit(caplog):
     p.update(10, 0.5, 1e-3)
     minutes, seconds = re.search(r"ETA (\d\d):(\d\d)", caplog.text).groups()
     assert 60 <= 60 * int(minutes) + int(seconds) <= 89
+    assert "step 10  loss" in caplog.text and "100000" not in caplog.text  # the far ceiling is not shown as a total
     assert Progress(100_000, 0, time_left_s=None).eta(0) == float("inf")
 
 

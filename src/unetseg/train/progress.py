@@ -74,7 +74,9 @@ class Progress:
             self.last_print = now
             eta_s = _fmt_eta(eta) if eta != float("inf") else "?"
             level = logging.INFO if self.enabled else logging.DEBUG
-            log.log(level, "step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, self.total, loss, lr, rate, eta_s)
+            # Under a time limit the step count is a far ceiling: show the step alone, as the bar does.
+            done = f"{step}" if self.time_left_s is not None else f"{step}/{self.total}"
+            log.log(level, "step %s  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", done, loss, lr, rate, eta_s)
 
     def message(self, text: str) -> None:
         """A line that does not break the bar."""
