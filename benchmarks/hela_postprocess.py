@@ -7,7 +7,8 @@
 Each held-out frame of the ``unetseg cv`` folder is predicted again (8-fold TTA, the card's
 normalisation and output shift) by the fold model that never trained on it, and turned into
 instances with every candidate of a small grid (split none/distance, or border for a recipe with
-a border class, minimum size, threshold).
+a border class, minimum size, threshold, and the minimum size of objects touching the frame's
+edge, ``--edge-min-size``: cells cut by the frame that the reference leaves unannotated).
 For each candidate it prints the per-fold mean CTC SEG (per frame, then over the fold's frames)
 and the share of predicted objects that touch no reference cell, over all frames and over the
 frames whose annotation is complete (:func:`unetseg.data.targets.partial_frames`: a frame with
@@ -15,7 +16,8 @@ fewer than half the median number of annotated cells is partial, and its unannot
 count as false objects there although they are cells). The table itself is not a tuned result:
 a candidate's row is scored on the frames it would be chosen on. The cross-validated figure is
 the nested one at the end: for each fold the candidate with the best pooled SEG on the *other*
-folds' frames is applied to it, and all frames are then scored together. Ends with one JSON line
+folds' frames is applied to it (a tie, as SEG ignores objects on no cell, going to the fewest
+false objects there), and all frames are then scored together. Ends with one JSON line
 per candidate, then a summary line (chosen candidate per fold, nested SEG), with the CPU's flags.
 """
 
@@ -103,8 +105,8 @@ def matches(gt: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
     return missed, ratios
 
 
-def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tuple[int, float, int]], dict]:
-    """(per frame: fold, SEG, reference objects; the candidate's summary)."""
+def score(frames, split: str, min_size: int, threshold: float, edge_min_size: int = 0) -> tuple[list[tuple[int, float, int, int]], dict]:
+    """(per frame: fold, SEG, reference objects, false objects if the frame's annotation is complete; the candidate's summary)."""
     partial = dict(zip([f for _, f, _, _ in frames], partial_frames([gt for *_, gt in frames])))
     per_fold: dict[int, list[float]] = {}
     per_object: list[float] = []  # each frame's SEG once per reference object: SEG pooled as `unetseg cv` pools it
@@ -112,15 +114,15 @@ def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tup
     false_complete = [0, 0]
     edges_complete = dict.fromkeys((*EDGES, "none"), 0)  # the complete frames' false objects by the frame edge they touch
     missed: dict[str, int] = {}
-    rows: list[tuple[int, float, int]] = []  # (fold, SEG, reference objects) per frame, for the nested choice
+    rows: list[tuple[int, float, int, int]] = []  # (fold, SEG, reference objects, false objects) per frame, for the nested choice
     area_ratios: list[float] = []
     for fold, frame, probs, gt in frames:
         labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
-                                              border_class=2 if probs.shape[0] == 3 else None)
+                                              border_class=2 if probs.shape[0] == 3 else None, edge_min_size=edge_min_size)
         per_fold.setdefault(fold, []).append(seg_score(gt, labels))
         per_object += [per_fold[fold][-1]] * len(np.unique(gt[gt > 0]))
-        rows.append((fold, per_fold[fold][-1], len(np.unique(gt[gt > 0]))))
         bad, n = false_objects(gt, labels)
+        rows.append((fold, per_fold[fold][-1], len(np.unique(gt[gt > 0])), 0 if partial[frame] else bad))
         false_all = [false_all[0] + bad, false_all[1] + n]
         lost, ratios = matches(gt, labels)
         missed[frame], area_ratios = lost, area_ratios + ratios
@@ -129,27 +131,31 @@ def score(frames, split: str, min_size: int, threshold: float) -> tuple[list[tup
             at = false_objects_at_edges(gt, labels)
             edges_complete = {e: k + at[e] for e, k in edges_complete.items()}
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
-    return rows, {"split": split, "min_size": min_size, "threshold": threshold, "seg_per_fold": [round(s, 4) for s in folds],
+    return rows, {"split": split, "min_size": min_size, "threshold": threshold, "edge_min_size": edge_min_size, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
             "false_objects_complete_frames_by_edge": edges_complete,
             "missed_cells_per_frame": missed, "area_ratio_median": round(float(np.median(area_ratios)), 3) if area_ratios else None,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
 
 
-def nested(table: dict[tuple[str, int, float], list[tuple[int, float, int]]]) -> dict:
-    """Each fold scored with the candidate whose pooled SEG is best on the other folds' frames;
-    ``table`` maps each candidate to its (fold, SEG, reference objects) per frame (``score``'s rows)."""
+def nested(table: dict[tuple[str, int, float, int], list[tuple[int, float, int, int]]]) -> dict:
+    """Each fold scored with the candidate whose pooled SEG is best on the other folds' frames, a
+    tie (SEG ignores objects that match no cell) going to the fewest false objects there, then to
+    the first candidate; ``table`` maps each candidate to ``score``'s rows."""
     candidates = list(table)
 
     def pooled(rows, keep) -> float:
-        rows = [(s, n) for f, s, n in rows if keep(f)]
+        rows = [(s, n) for f, s, n, _ in rows if keep(f)]
         return sum(s * n for s, n in rows) / max(sum(n for _, n in rows), 1)
 
+    def rank(c, f) -> tuple[float, int]:
+        return round(pooled(table[c], lambda g: g != f), 6), -sum(b for g, *_, b in table[c] if g != f)
+
     folds = sorted({f for f, *_ in table[candidates[0]]})
-    chosen = {f: max(candidates, key=lambda c: pooled(table[c], lambda g: g != f)) for f in folds}
+    chosen = {f: max(candidates, key=lambda c: rank(c, f)) for f in folds}
     rows = [row for f in folds for row in table[chosen[f]] if row[0] == f]
-    return {"nested_seg_pooled": round(pooled(rows, lambda f: True), 4),
-            "chosen_per_fold": {str(f): {"split": c[0], "min_size": c[1], "threshold": c[2]} for f, c in chosen.items()}}
+    return {"nested_seg_pooled": round(pooled(rows, lambda f: True), 4), "nested_false_objects_complete_frames": sum(r[3] for r in rows),
+            "chosen_per_fold": {str(f): dict(zip(("split", "min_size", "threshold", "edge_min_size"), c)) for f, c in chosen.items()}}
 
 
 def main(argv=None) -> int:
@@ -160,24 +166,28 @@ def main(argv=None) -> int:
     ap.add_argument("--split", nargs="+", default=["none", "distance"], help="none, distance; border for a 3-class (border) recipe")
     ap.add_argument("--min-size", nargs="+", type=int, default=[50, 150])
     ap.add_argument("--threshold", nargs="+", type=float, default=[0.5, 0.6])
+    ap.add_argument("--edge-min-size", nargs="+", type=int, default=[0],
+                    help="remove objects touching the frame's edge under this many pixels (0 = off)")
     ap.add_argument("--bn-refresh", type=int, default=0,
                     help="recompute each fold model's batch-norm statistics over N augmented tiles of its training frames first "
                          "(for folds trained before batch_norm.refresh_tiles existed)")
     args = ap.parse_args(argv)
     frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh)
-    candidates = list(itertools.product(args.split, args.min_size, args.threshold))
+    candidates = list(itertools.product(args.split, args.min_size, args.threshold, sorted(args.edge_min_size)))
     table = {}
-    for split, min_size, threshold in candidates:
-        table[(split, min_size, threshold)], r = score(frames, split, min_size, threshold)
+    for split, min_size, threshold, edge in candidates:
+        table[(split, min_size, threshold, edge)], r = score(frames, split, min_size, threshold, edge)
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
-        print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
+        print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f} edge {edge:4d}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
               f"({fc[0] / max(fc[1], 1):.3f}; touching the frame's edges {r['false_objects_complete_frames_by_edge']}); cells missed {sum(r['missed_cells_per_frame'].values())} "
               f"(most in one frame {max(r['missed_cells_per_frame'].values())}), matched object / cell area median {r['area_ratio_median']}", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
     summary = nested(table)
-    print(f"nested over folds (each fold's setting chosen on the other folds): pooled SEG {summary['nested_seg_pooled']:.4f}; "
-          + "; ".join(f"fold {f}: {c['split']} min {c['min_size']} thr {c['threshold']}" for f, c in summary["chosen_per_fold"].items()))
+    print(f"nested over folds (each fold's setting chosen on the other folds): pooled SEG {summary['nested_seg_pooled']:.4f}, "
+          f"false objects in complete frames {summary['nested_false_objects_complete_frames']}; "
+          + "; ".join(f"fold {f}: {c['split']} min {c['min_size']} thr {c['threshold']} edge {c['edge_min_size']}"
+                      for f, c in summary["chosen_per_fold"].items()))
     print(json.dumps({"summary": True, **summary, "cpu_flags": cpu_flags()}), flush=True)
     return 0
 

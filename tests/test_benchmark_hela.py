@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from hela_postprocess import false_objects, false_objects_at_edges  # noqa: E402
+from hela_postprocess import false_objects, false_objects_at_edges, nested  # noqa: E402
 
 
 def test_false_objects_are_counted_by_the_frame_edge_they_touch():
@@ -20,3 +20,14 @@ def test_false_objects_are_counted_by_the_frame_edge_they_touch():
     labels[5:8, 5:7] = 5  # on the cell, and at the bottom: not false
     assert false_objects(gt, labels) == (3, 4)
     assert false_objects_at_edges(gt, labels) == {"top": 2, "bottom": 0, "left": 0, "right": 1, "none": 1}
+
+
+def test_the_nested_choice_breaks_a_seg_tie_by_fewer_false_objects():
+    # rows: (fold, SEG, reference objects, false objects in complete frames) per frame
+    keep = [(0, 0.8, 10, 2), (1, 0.7, 10, 1), (2, 0.9, 10, 3)]
+    drop = [(0, 0.8, 10, 0), (1, 0.7, 10, 0), (2, 0.9, 10, 1)]  # same SEG, fewer false objects
+    worse = [(0, 0.8, 10, 0), (1, 0.6, 10, 0), (2, 0.9, 10, 0)]  # fewer still, but SEG lost on fold 1
+    table = {("border", 50, 0.6, 0): keep, ("border", 50, 0.6, 1000): drop, ("border", 50, 0.6, 4000): worse}
+    got = nested(table)
+    assert {f: c["edge_min_size"] for f, c in got["chosen_per_fold"].items()} == {"0": 1000, "1": 4000, "2": 1000}
+    assert got["nested_seg_pooled"] == 0.7667 and got["nested_false_objects_complete_frames"] == 1

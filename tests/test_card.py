@@ -20,7 +20,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def test_card_round_trips_through_a_model_file(tmp_path):
     card = ModelCard(
         normalization={"method": "zscore"}, classes=("bg", "cell", "border"), border_class=2, task="instances",
-        output_shift=(-0.5, 0.25), postprocess=Postprocess(split="border", min_size=20, threshold=0.4, fill_holes=30, agglomerate=0.1), training=TrainingInfo(train=("a", "b"), tile=(36, 36), precision="bf16", step=7, metrics={"v_rand": 0.9}),
+        output_shift=(-0.5, 0.25), postprocess=Postprocess(split="border", min_size=20, threshold=0.4, fill_holes=30, agglomerate=0.1, edge_min_size=500), training=TrainingInfo(train=("a", "b"), tile=(36, 36), precision="bf16", step=7, metrics={"v_rand": 0.9}),
     )
     save(UNet(1, 3, base_channels=2, depth=2), tmp_path, card=card)
     got = load_card(tmp_path)
@@ -98,3 +98,9 @@ def test_model_files_get_the_umask_permissions_like_every_other_output(tmp_path)
 def test_a_bad_agglomerate_names_the_key(bad):
     with pytest.raises(ConfigError, match="postprocess.agglomerate"):
         Postprocess(agglomerate=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "500"])
+def test_a_bad_edge_min_size_names_the_key(bad):
+    with pytest.raises(ConfigError, match="postprocess.edge_min_size"):
+        Postprocess(edge_min_size=bad)

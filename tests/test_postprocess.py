@@ -13,6 +13,7 @@ from unetseg.postprocess import (
     instances_from_probabilities,
     label_dtype,
     relabel_sequential,
+    remove_small_edge_objects,
     remove_small_objects,
     threshold,
     watershed_split,
@@ -154,3 +155,38 @@ def test_fill_small_holes_refuses_a_negative_or_fractional_area():
     for bad in (-1, 2.5):
         with pytest.raises(ConfigError, match="fill_holes"):
             fill_small_holes(np.zeros((4, 4), np.float32), bad)
+
+
+def test_small_objects_at_the_edge_go_and_the_rest_stay():
+    labels = np.zeros((12, 12), np.int64)
+    labels[0:2, 3:5] = 1  # 4 px at the top edge: goes
+    labels[5:7, 10:12] = 2  # 4 px at the right edge: goes
+    labels[11, 0] = 3  # 1 px in the bottom-left corner: goes
+    labels[0:5, 7:9] = 4  # 10 px at the top edge: stays
+    labels[5:7, 4:6] = 5  # 4 px inside: stays, however small
+    out = remove_small_edge_objects(labels, 5)
+    assert out.max() == 2 and out.dtype == np.uint16
+    np.testing.assert_array_equal(out > 0, (labels == 4) | (labels == 5))
+    np.testing.assert_array_equal(remove_small_edge_objects(labels, 0), relabel_sequential(labels))
+    assert remove_small_edge_objects(labels, 11).max() == 1  # 4 goes too; 5 never touches an edge
+
+
+def test_small_edge_objects_of_a_stack_of_sections_are_judged_in_plane():
+    labels = np.zeros((3, 8, 8), np.int64)
+    labels[0, 3:5, 3:5] = 1  # inside section 0: on the stack's first plane, not at an edge of the section
+    labels[1, 0, 2:4] = 2  # at the section's top edge
+    assert remove_small_edge_objects(labels, 10, edge_dims=2).max() == 1  # only 2 goes
+    assert remove_small_edge_objects(labels, 10).max() == 0  # as a volume, the first plane is an edge too
+    with pytest.raises(ConfigError, match="edge_dims 4"):
+        remove_small_edge_objects(labels, 10, edge_dims=4)
+
+
+def test_instances_drop_slivers_at_the_edge_after_the_split():
+    a, b = _two_touching_discs()
+    fg = a | b
+    fg[0:3, 50:55] = True  # a sliver of a cell cut by the top edge: 15 px
+    p = np.stack([1.0 - fg, fg]).astype(np.float32)
+    plain = instances_from_probabilities(p, split="distance")
+    edged = instances_from_probabilities(p, split="distance", edge_min_size=16)
+    assert plain.max() == 3 and edged.max() == 2
+    assert not edged[0:3, 50:55].any() and np.array_equal(edged > 0, a | b)

@@ -632,3 +632,46 @@ def test_the_cards_fill_holes_fills_every_output_section_by_section(tmp_path):
     stack = out("plain", "s.tif")
     np.testing.assert_array_equal(out("fill", "s.tif"), np.stack([fill_small_holes(p, 200) for p in stack]))
     assert main(["predict", "--model", str(runs["fill"]), str(tmp_path / "x.tif"), "--out", str(tmp_path / "bad"), "--fill-holes", "-3"]) == 1
+
+
+def test_the_cards_edge_min_size_drops_small_objects_at_the_image_edge(tmp_path):
+    from unetseg.cv import predict_held_out
+    from unetseg.models import Postprocess
+    from unetseg.postprocess import remove_small_edge_objects
+
+    rng = np.random.default_rng(6)
+    tifffile.imwrite(tmp_path / "x.tif", rng.integers(0, 255, (48, 56), dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "s.tif", rng.integers(0, 255, (2, 48, 56), dtype=np.uint8))
+
+    def run(name, **post):
+        (tmp_path / name).mkdir(exist_ok=True)
+        save(_net(base=2, seed=3), tmp_path / name, card=ModelCard(normalization={"method": "minmax"}, task="instances",
+                                                                   postprocess=Postprocess(**post)))
+        return tmp_path / name
+
+    def out(model, image, *flags, output="labels"):
+        folder = tmp_path / f"o-{model.name}-{image}-{output}-{'-'.join(flags)}"
+        assert main(["predict", "--model", str(model), str(tmp_path / image), "--out", str(folder), "--output", output, *flags]) == 0
+        return tifffile.imread(folder / image)
+
+    # Thresholded at its median, the random network's map makes many objects, at the edge and inside.
+    level = round(float(np.median(out(run("probe"), "x.tif", output="prob"))), 6)
+    plain_run = run("plain", threshold=level)
+    plain = out(plain_run, "x.tif")
+    rim = np.concatenate([plain[0], plain[-1], plain[:, 0], plain[:, -1]])
+    sizes = np.bincount(plain.ravel())[np.unique(rim[rim > 0])]
+    assert sizes.min() < sizes.max()  # edge objects of several sizes
+    edge = int(sizes.min()) + 1
+    model = run("edge", threshold=level, edge_min_size=edge)
+    got = out(model, "x.tif")
+    np.testing.assert_array_equal(got, remove_small_edge_objects(plain, edge))
+    assert 0 < got.max() < plain.max()
+    np.testing.assert_array_equal(out(model, "x.tif", "--edge-min-size", "0"), plain)  # the flag wins over the card
+    np.testing.assert_array_equal(out(model, "s.tif"), remove_small_edge_objects(out(plain_run, "s.tif"), edge, edge_dims=2))
+    item = type("Item", (), {"image": tifffile.imread(tmp_path / "x.tif")[None].astype(np.float32) / 255})
+    held = [predict_held_out(m, [item], "instances", tta=False)[0] for m in (plain_run, model)]
+    assert held[1].max() < held[0].max()  # unetseg cv scores what the card says too
+    np.testing.assert_array_equal(held[1], remove_small_edge_objects(held[0], edge))
+    assert main(["predict", "--model", str(model), str(tmp_path / "x.tif"), "--out", str(tmp_path / "bad"), "--output", "labels",
+                 "--edge-min-size", "-3"]) == 1
+    assert not (tmp_path / "bad" / "x.tif").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,3 +220,21 @@ def test_validation_reports_each_metric_at_its_best_threshold(monkeypatch):
     best, _ = V.validate(model, items, device=torch.device("cpu"), thresholds=[0.3, 0.5])
     assert at_03["pixel_error"] > 0 and at_03["v_rand"] < 1
     assert best == {"pixel_error": 0.0, "dice": 1.0, "v_rand": 1.0}
+
+
+def test_hela_recipe_edge_rule_keeps_every_annotated_cell(hela_dir):
+    # configs/hela.yaml removes objects at the frame's edge under postprocess.edge_min_size pixels
+    # (slivers of cells the reference leaves out); applied to the reference itself, it must keep
+    # every annotated cell of the nine frames, the smallest at the edge covering 3975 px.
+    from pathlib import Path
+
+    from unetseg.io import read_image
+    from unetseg.postprocess import remove_small_edge_objects
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "hela.yaml")
+    assert cfg.postprocess.edge_min_size > 1
+    frames = sorted((hela_dir / "01_GT" / "SEG").glob("man_seg*.tif"))
+    assert len(frames) == 9
+    for f in frames:
+        gt = read_image(f)
+        assert remove_small_edge_objects(gt, cfg.postprocess.edge_min_size).max() == len(np.unique(gt[gt > 0])), f.name

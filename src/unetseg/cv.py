@@ -121,7 +121,8 @@ def predict_held_out(run_dir: Path | Any, items: list[Any], protocol: str, *, tt
         probs = predictor.postprocess(predictor.predict(it.image, tta=tta, affinities=predictor.needs_affinities()))
         if protocol in ("ctc", "instances"):
             out.append(instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=card.foreground_class,
-                                                    split=split, border_class=card.border_class, min_size=min_size))
+                                                    split=split, border_class=card.border_class, min_size=min_size,
+                                                    edge_min_size=post.edge_min_size, edge_dims=predictor.spatial_dims))
         else:
             out.append(probs[card.foreground_class])
     return out

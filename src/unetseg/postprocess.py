@@ -155,6 +155,37 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel_sequential(cleaned)
 
 
+def remove_small_edge_objects(labels: np.ndarray, min_size: int, *, edge_dims: int | None = None) -> np.ndarray:
+    """Drop objects that touch the image's edge and have fewer than ``min_size`` pixels, and
+    renumber the rest 1..n in scan order.
+
+    A cell cut by the frame shows as a sliver at the edge; references such as the Cell Tracking
+    Challenge's often leave such slivers unannotated, and the objects a network makes there are
+    mostly fragments (Cellpose's ``exclude_on_edges`` drops every edge object; this drops the
+    small ones only). ``edge_dims``: how many trailing axes have edges (default all; 2 for a
+    stack of 2D sections, whose first and last sections are not edges).
+
+    Examples
+    --------
+    >>> labels = np.array([[1, 0, 2, 2, 2], [0, 0, 2, 2, 2], [0, 3, 0, 0, 0], [0, 0, 0, 0, 0]])
+    >>> remove_small_edge_objects(labels, 2).tolist()  # the 1-px object 1 at the edge goes, 3 stays
+    [[0, 0, 1, 1, 1], [0, 0, 1, 1, 1], [0, 2, 0, 0, 0], [0, 0, 0, 0, 0]]
+    """
+    labels = np.asarray(labels)
+    dims = labels.ndim if edge_dims is None else int(edge_dims)
+    if labels.size == 0 or min_size <= 1:
+        return relabel_sequential(labels)
+    if not 1 <= dims <= labels.ndim:
+        raise ConfigError(f"edge_dims {edge_dims}: expected 1 to {labels.ndim} for labels of shape {labels.shape}")
+    on_edge = np.zeros(int(labels.max()) + 1, bool)
+    for axis in range(labels.ndim - dims, labels.ndim):
+        for end in (0, -1):
+            on_edge[np.take(labels, end, axis=axis)] = True
+    small = on_edge & (np.bincount(labels.ravel(), minlength=on_edge.size) < int(min_size))
+    small[0] = False
+    return relabel_sequential(np.where(small[labels], 0, labels))
+
+
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Renumber labels to 1..n in order of first appearance in scan order (0 stays background).
 
@@ -273,6 +304,8 @@ def instances_from_probabilities(
     connectivity: int = 1,
     min_distance: int = 3,
     h: float = 1.0,
+    edge_min_size: int = 0,
+    edge_dims: int | None = None,
 ) -> np.ndarray:
     """Instance labels from class probabilities ``(num_classes, *spatial)``.
 
@@ -281,7 +314,8 @@ def instances_from_probabilities(
     model with a border class: objects are ``interior + border > threshold_value``, seeded by
     the connected interiors ``prob[foreground_class] > threshold_value`` of at least
     ``min_size`` pixels and flooded over the border probability). Objects under ``min_size``
-    pixels are removed.
+    pixels are removed, then objects touching the edge under ``edge_min_size`` pixels
+    (:func:`remove_small_edge_objects`, with its ``edge_dims``).
 
     Examples
     --------
@@ -304,10 +338,11 @@ def instances_from_probabilities(
         seeds = remove_small_objects(connected_components(threshold(prob[foreground_class], threshold_value),
                                                           connectivity=connectivity), min_size) > 0
         labels = watershed_split(mask, border=prob[border_class], seeds=seeds, connectivity=connectivity)
-        return remove_small_objects(labels, min_size) if min_size > 1 else as_label_image(labels)
-    mask = threshold(prob[foreground_class], threshold_value)
-    if split == "none":
-        labels = connected_components(mask, connectivity=connectivity)
     else:
-        labels = watershed_split(mask, min_distance=min_distance, h=h, connectivity=connectivity)
-    return remove_small_objects(labels, min_size) if min_size > 1 else as_label_image(labels)
+        mask = threshold(prob[foreground_class], threshold_value)
+        if split == "none":
+            labels = connected_components(mask, connectivity=connectivity)
+        else:
+            labels = watershed_split(mask, min_distance=min_distance, h=h, connectivity=connectivity)
+    labels = remove_small_objects(labels, min_size) if min_size > 1 else as_label_image(labels)
+    return remove_small_edge_objects(labels, edge_min_size, edge_dims=edge_dims) if edge_min_size > 1 else labels

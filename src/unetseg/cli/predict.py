@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labels: watershed split of touching objects (default: the model card's postprocess)")
     p.add_argument("--rois", action="store_true", help="labels: also write OUT/NAME_rois.zip, one ImageJ ROI per object (Fiji's ROI Manager)")
     p.add_argument("--min-size", type=int, default=None, help="labels: remove objects smaller than this many pixels (default: the card's)")
+    p.add_argument("--edge-min-size", type=int, default=None, metavar="PIXELS",
+                   help="labels: remove objects touching the image's edge smaller than this (cells cut by the frame; 0 = off; default: the card's)")
     p.add_argument("--fill-holes", type=int, default=None, metavar="PIXELS",
                    help="2-class models: fill dark structures of the foreground map smaller than this (area closing; 0 = off; default: the card's)")
     p.add_argument("--agglomerate", type=float, default=None, metavar="AFFINITY",
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             predictor.predict_file(
                 path, target, output=output, threshold=args.threshold, split=args.split, min_size=args.min_size,
-                fill_holes=args.fill_holes, agglomerate=args.agglomerate,
+                edge_min_size=args.edge_min_size, fill_holes=args.fill_holes, agglomerate=args.agglomerate,
                 channel=args.channel, rois=args.rois, tile_shape=args.tile, tta=args.tta, batch_size=args.batch, progress=tile_bar,
                 dask_scheduler=args.dask_scheduler,
                 **({"output_shift": None} if args.no_output_shift else {}),

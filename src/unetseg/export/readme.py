@@ -64,7 +64,9 @@ def readme_text(name: str, card: ModelCard, meta: dict[str, Any], network: nn.Mo
               "- test-time augmentation (8 dihedral transforms): `unetseg predict --tta`; the validation numbers above "
               "are without it unless the recipe says otherwise",
               f"- instances: `unetseg predict --output labels` uses split `{card.postprocess.split}`, minimum size "
-              f"{card.postprocess.min_size}, threshold {card.postprocess.threshold}",
+              f"{card.postprocess.min_size}, threshold {card.postprocess.threshold}"
+              + (f", objects at the image's edge under {card.postprocess.edge_min_size} pixels removed"
+                 if card.postprocess.edge_min_size > 1 else ""),
               *([f"- hole filling: unetseg fills dark structures smaller than {card.postprocess.fill_holes} pixels in "
                  "the foreground map (area closing) before writing any output; other consumers do not"]
                 if card.postprocess.fill_holes > 1 else []),

@@ -83,6 +83,7 @@ def predict_file(
     normalization: dict[str, Any] | None = None,
     split: str | None = None,
     min_size: int | None = None,
+    edge_min_size: int | None = None,
     fill_holes: int | None = None,
     agglomerate: float | None = None,
     channel: int | None = None,
@@ -99,7 +100,7 @@ def predict_file(
     ``"prob"`` float32 probabilities (for a 2-class model the foreground map alone), ``"mask"``
     uint8 (0/255 for 1-2 classes, else the argmax class), ``"labels"`` uint16/uint32 instances
     (:func:`unetseg.postprocess.instances_from_probabilities`, which needs the whole probability
-    map in memory); ``threshold``, ``split``, ``min_size``, ``fill_holes``, ``agglomerate`` default to
+    map in memory); ``threshold``, ``split``, ``min_size``, ``edge_min_size``, ``fill_holes``, ``agglomerate`` default to
     the card's ``postprocess`` (with ``fill_holes`` or ``agglomerate``, each section's foreground
     map is held in memory whole).
     ``normalization`` overrides the card's. ``channel`` picks one channel of a multi-channel
@@ -115,14 +116,13 @@ def predict_file(
         raise TypeError(f"predict_file: unexpected argument(s) {', '.join(sorted(set(kwargs) - set(_PREDICT_KEYS)))}")
     predictor = as_predictor(model, device=device, precision=precision)
     kwargs.setdefault("output_shift", CARD)
-    card = predictor.card
-    post = _postprocess(card, threshold=threshold, split=split, min_size=min_size, fill_holes=fill_holes, agglomerate=agglomerate)
-    spec = normalization if normalization is not None else card.normalization
+    post = _postprocess(predictor.card, threshold=threshold, split=split, min_size=min_size, edge_min_size=edge_min_size,
+                        fill_holes=fill_holes, agglomerate=agglomerate)
+    spec = normalization if normalization is not None else predictor.card.normalization
     input_path, output_path = Path(input_path), Path(output_path)
     if rois and output != "labels":
         raise ConfigError(f"rois: ImageJ ROIs are written for --output labels, not {output!r}")
-    source = open_source(input_path)  # refuses a missing or corrupt file before anything else reads it
-    calibration = read_calibration(input_path)
+    source, calibration = open_source(input_path), read_calibration(input_path)  # a missing or corrupt file: refused first
     job = _Job(output, spec, post, (dask_scheduler, progress, kwargs))
 
     def open_target(shape, dtype, axes, kind):
@@ -156,6 +156,7 @@ def predict_array(
     threshold: float | None = None,
     split: str | None = None,
     min_size: int | None = None,
+    edge_min_size: int | None = None,
     fill_holes: int | None = None,
     agglomerate: float | None = None,
     channel: int | None = None,
@@ -190,7 +191,8 @@ def predict_array(
     kwargs.setdefault("output_shift", CARD)
     card = predictor.card
     data = image if all(hasattr(image, a) for a in ("shape", "dtype", "__getitem__")) else np.asarray(image)
-    post = _postprocess(card, threshold=threshold, split=split, min_size=min_size, fill_holes=fill_holes, agglomerate=agglomerate)
+    post = _postprocess(card, threshold=threshold, split=split, min_size=min_size, edge_min_size=edge_min_size,
+                        fill_holes=fill_holes, agglomerate=agglomerate)
     job = _Job(output, card.normalization, post, (None, progress, kwargs))
     result = _segment(predictor, ArraySource(data), "image", job, channel, open_target or _in_memory)
     return result[0] if output == "labels" else result
@@ -220,7 +222,7 @@ def _segment(predictor: Predictor, source: Any, name: str, job: _Job, channel: i
         probs = np.empty((n, len(views), *spatial) if stack else (n, *spatial), np.float32)
         _run_views(predictor, views, probs, True, job.spec, None, np.float32, run)
         predictor.postprocess(probs, post, sections=stack)
-        return _labels(probs[:num_classes], card, post.threshold, post.split, post.min_size), output_axes(False, stack, predictor.spatial_dims)
+        return _labels(probs[:num_classes], card, post, predictor.spatial_dims), output_axes(False, stack, predictor.spatial_dims)
     class_axis, dtype, transform = output_spec(job.output, num_classes, card.foreground_class, post.threshold)
     out_shape = ((num_classes,) if class_axis else ()) + ((len(views),) if stack else ()) + tuple(spatial)
     axes = output_axes(class_axis, stack, predictor.spatial_dims)
@@ -289,12 +291,13 @@ def _write_labels(path: Path, labels: np.ndarray, axes: str, calibration, rois: 
         write_rois(rois_path(path), labels)
 
 
-def _labels(probs: np.ndarray, card, threshold: float, split: str, min_size: int) -> np.ndarray:
+def _labels(probs: np.ndarray, card, post, spatial_dims: int) -> np.ndarray:
     from ..postprocess import instances_from_probabilities
 
     foreground = min(card.foreground_class, probs.shape[0] - 1)
-    return instances_from_probabilities(probs, threshold_value=threshold, foreground_class=foreground, split=split,
-                                        border_class=card.border_class, min_size=min_size)
+    return instances_from_probabilities(probs, threshold_value=post.threshold, foreground_class=foreground, split=post.split,
+                                        border_class=card.border_class, min_size=post.min_size,
+                                        edge_min_size=post.edge_min_size, edge_dims=spatial_dims)
 
 
 def _predict_view(predictor: Predictor, view, target, pre, transform, dtype, dask_scheduler, progress, kwargs) -> None:

@@ -66,7 +66,9 @@ class Postprocess:
     along their boundary is above this value, the lines between the rest drawn in as 0
     (:func:`unetseg.membranes.agglomerate_boundaries`; 0 = off); ``mutex_watershed``: instead
     of that agglomeration, the regions come from the mutex watershed on the model's own affinity
-    outputs (:func:`unetseg.affinities.mutex_boundaries`; needs ``affinity_offsets``). A recipe's ``postprocess``
+    outputs (:func:`unetseg.affinities.mutex_boundaries`; needs ``affinity_offsets``);
+    ``edge_min_size``: objects touching the image's edge with fewer than this many pixels are
+    removed (:func:`unetseg.postprocess.remove_small_edge_objects`; 0 = off). A recipe's ``postprocess``
     section is what its benchmarks validated; training copies it into the card.
     """
 
@@ -76,12 +78,15 @@ class Postprocess:
     fill_holes: int = 0
     agglomerate: float = 0.0
     mutex_watershed: bool = False
+    edge_min_size: int = 0
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"postprocess: min_size {self.min_size} must be >= 0 and threshold {self.threshold} in [0, 1]")
-        if isinstance(self.fill_holes, bool) or not isinstance(self.fill_holes, int) or self.fill_holes < 0:
-            raise ConfigError(f"postprocess.fill_holes: expected a pixel count >= 0, got {self.fill_holes!r}")
+        for key in ("fill_holes", "edge_min_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"postprocess.{key}: expected a pixel count >= 0, got {value!r}")
         if isinstance(self.agglomerate, bool) or not isinstance(self.agglomerate, (int, float)) or not 0 <= self.agglomerate < 1:
             raise ConfigError(f"postprocess.agglomerate: expected a median affinity in [0, 1) (0 = off), got {self.agglomerate!r}")
         if not isinstance(self.mutex_watershed, bool) or (self.mutex_watershed and self.agglomerate):
