@@ -90,6 +90,13 @@ def false_objects_at_edges(gt: np.ndarray, labels: np.ndarray) -> dict[str, int]
     return {**{e: len(ids) for e, ids in at.items()}, "none": len(false - set().union(*at.values()))}
 
 
+def edge_areas(labels: np.ndarray, ids=None) -> list[int]:
+    """Pixel counts of the objects touching the frame's edge (of ``ids`` only, if given), smallest first."""
+    rim = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = [int(i) for i in rim if i and (ids is None or i in ids)]
+    return sorted(int(np.count_nonzero(labels == i)) for i in keep)
+
+
 def matches(gt: np.ndarray, labels: np.ndarray) -> tuple[int, list[float]]:
     """(reference cells no predicted object covers by more than half, as SEG leaves them at 0;
     area of the covering object / area of the cell, for every covered cell)."""
@@ -116,6 +123,7 @@ def score(frames, split: str, min_size: int, threshold: float, edge_min_size: in
     missed: dict[str, int] = {}
     rows: list[tuple[int, float, int, int]] = []  # (fold, SEG, reference objects, false objects) per frame, for the nested choice
     area_ratios: list[float] = []
+    false_edge_areas: list[int] = []  # pixel counts of the complete frames' false objects at the edge
     for fold, frame, probs, gt in frames:
         labels = instances_from_probabilities(probs, threshold_value=threshold, foreground_class=1, split=split, min_size=min_size,
                                               border_class=2 if probs.shape[0] == 3 else None, edge_min_size=edge_min_size)
@@ -130,10 +138,12 @@ def score(frames, split: str, min_size: int, threshold: float, edge_min_size: in
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
             at = false_objects_at_edges(gt, labels)
             edges_complete = {e: k + at[e] for e, k in edges_complete.items()}
+            false_ids = set(np.unique(labels[labels > 0]).tolist()) - set(np.unique(labels[(labels > 0) & (gt > 0)]).tolist())
+            false_edge_areas += edge_areas(labels, false_ids)
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
     return rows, {"split": split, "min_size": min_size, "threshold": threshold, "edge_min_size": edge_min_size, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
-            "false_objects_complete_frames_by_edge": edges_complete,
+            "false_objects_complete_frames_by_edge": edges_complete, "false_objects_complete_frames_edge_areas": sorted(false_edge_areas),
             "missed_cells_per_frame": missed, "area_ratio_median": round(float(np.median(area_ratios)), 3) if area_ratios else None,
             "partial_frames": sorted(f for f, p in partial.items() if p)}
 
@@ -173,6 +183,7 @@ def main(argv=None) -> int:
                          "(for folds trained before batch_norm.refresh_tiles existed)")
     args = ap.parse_args(argv)
     frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh)
+    print(f"smallest annotated cell touching the frame's edge: {min(a for *_, gt in frames for a in edge_areas(gt))} px", flush=True)
     candidates = list(itertools.product(args.split, args.min_size, args.threshold, sorted(args.edge_min_size)))
     table = {}
     for split, min_size, threshold, edge in candidates:
@@ -180,7 +191,8 @@ def main(argv=None) -> int:
         fa, fc = r["false_objects"], r["false_objects_complete_frames"]
         print(f"split {split:8s} min {min_size:4d} thr {threshold:.2f} edge {edge:4d}: SEG per fold {r['seg_per_fold']} mean {r['seg_mean']:.4f} pooled {r['seg_pooled']:.4f}; "
               f"false objects {fa[0]}/{fa[1]} ({fa[0] / max(fa[1], 1):.3f}), in complete frames {fc[0]}/{fc[1]} "
-              f"({fc[0] / max(fc[1], 1):.3f}; touching the frame's edges {r['false_objects_complete_frames_by_edge']}); cells missed {sum(r['missed_cells_per_frame'].values())} "
+              f"({fc[0] / max(fc[1], 1):.3f}; touching the frame's edges {r['false_objects_complete_frames_by_edge']}, "
+              f"their px {r['false_objects_complete_frames_edge_areas']}); cells missed {sum(r['missed_cells_per_frame'].values())} "
               f"(most in one frame {max(r['missed_cells_per_frame'].values())}), matched object / cell area median {r['area_ratio_median']}", flush=True)
         print(json.dumps({**r, "cpu_flags": cpu_flags()}), flush=True)
     summary = nested(table)

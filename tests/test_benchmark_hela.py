@@ -7,7 +7,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from hela_postprocess import false_objects, false_objects_at_edges, nested  # noqa: E402
+from hela_postprocess import edge_areas, false_objects, false_objects_at_edges, nested  # noqa: E402
 
 
 def test_false_objects_are_counted_by_the_frame_edge_they_touch():
@@ -31,3 +31,13 @@ def test_the_nested_choice_breaks_a_seg_tie_by_fewer_false_objects():
     got = nested(table)
     assert {f: c["edge_min_size"] for f, c in got["chosen_per_fold"].items()} == {"0": 1000, "1": 4000, "2": 1000}
     assert got["nested_seg_pooled"] == 0.7667 and got["nested_false_objects_complete_frames"] == 1
+
+
+def test_edge_areas_counts_only_objects_at_the_frame_edge():
+    labels = np.zeros((6, 6), np.int64)
+    labels[0, 0:3] = 1  # 3 px at the top
+    labels[2:4, 2:4] = 2  # inside
+    labels[3:6, 5] = 3  # 3 px at the right and bottom... and 1 more
+    labels[5, 4] = 3
+    assert edge_areas(labels) == [3, 4]
+    assert edge_areas(labels, {3}) == [4]
