@@ -379,6 +379,36 @@ def test_saved_batch_norm_statistics_are_the_mean_over_the_last_tiles(tmp_path):
     assert not any(torch.allclose(off[k], saved[k], atol=1e-5) for k in stats if k.endswith("running_var"))
 
 
+def test_statistics_are_recomputed_over_the_last_tiles_without_their_augmentation(tmp_path):
+    """With a TileDataset, the refresh uses the plain crops around the centres of the last steps'
+    tiles (``unaugmented``), not the augmented tiles: strong intensity augmentation would
+    shift the statistics away from those of the images inference sees."""
+    from unetseg.augment import AugmentConfig
+    from unetseg.data import TileDataset
+    from unetseg.data.targets import LabeledImage
+
+    cfg = tiny_cfg(model=_BN_MODEL, batch_norm={"refresh_tiles": 10})
+    model = make_model(cfg)
+    src = TinyTiles(60, 60, seed=5)
+    items = [LabeledImage(f"i{k}", src[k]["image"].numpy(), src[k]["target"].numpy(), np.ones((60, 60), np.float32),
+                          np.zeros((60, 60), bool)) for k in range(2)]
+    bright = AugmentConfig(elastic_p=0.0, rotation_p=0.0, scale_p=0.0, shift_p=0.0, flip_p=0.0, brightness_p=1.0, brightness_range=(0.5, 0.6),
+                           contrast_p=0.0, gamma_p=0.0, noise_p=0.0)
+    ds = TileDataset(items, model.input_shape_for(tuple(cfg.tile)), tuple(cfg.tile), augment=bright, samples_per_epoch=10**6, seed=3)
+    fit(cfg, model, ds, tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "model-last.safetensors"))
+    expected = make_model(cfg)
+    expected.load_state_dict(_checkpoint_states(tmp_path / "run")[8])
+    augmented = make_model(cfg)
+    augmented.load_state_dict(_checkpoint_states(tmp_path / "run")[8])
+    idx = refresh_indices(8, 10, 2)
+    recompute_statistics(expected, [torch.stack([ds.unaugmented()[i]["image"] for i in b]) for b in idx])
+    recompute_statistics(augmented, [torch.stack([ds[i]["image"] for i in b]) for b in idx])
+    means = [k for k in saved if k.endswith("running_mean")]
+    assert means and all(torch.allclose(saved[k], expected.state_dict()[k], atol=1e-5) for k in means)
+    assert not torch.allclose(saved[means[0]], augmented.state_dict()[means[0]], atol=1e-3)
+
+
 def test_validation_sees_recomputed_statistics_and_resume_stays_exact(tmp_path):
     cfg = tiny_cfg(model=_BN_MODEL, batch_norm={"refresh_tiles": 6}, validation={"every": 4, "metric": "dice"})
     _run(tmp_path / "full", cfg, val_set=_val_items())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,6 +148,26 @@ class TileDataset(Dataset):
             return out
         out = apply_transform(t, im.image, im.target, im.weight, im.ignore, center=center, out_shape=self.output_shape)
         return {"image": out["image"], "target": out["labels"], "weight": out["weight"], "mask": ~out["mask"]}
+
+    def unaugmented(self) -> TileDataset:
+        """The same samples without augmentation: item ``i`` is the plain crop of the image and
+        centre that item ``i`` here is drawn around, as inference sees the images.
+
+        Batch-norm statistics are recomputed over these (:mod:`unetseg.train.batchnorm`): the
+        intensity augmentation (gamma, contrast, noise) shifts the inputs' statistics away from
+        those of real images.
+
+        Examples
+        --------
+        >>> img = LabeledImage("a", np.arange(1600, dtype=np.float32).reshape(1, 40, 40), np.zeros((40, 40), np.int64),
+        ...                    np.ones((40, 40), np.float32), np.zeros((40, 40), bool))
+        >>> plain = TileDataset([img], (20, 20), (20, 20), augment=AugmentConfig()).unaugmented()
+        >>> plain.augment is None, float(plain[0]["image"][0, 0, 1] - plain[0]["image"][0, 0, 0])
+        (True, 1.0)
+        """
+        plain = copy.copy(self)
+        plain.augment, plain.skeleton_classes = None, ()
+        return plain
 
     def rng_for(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, self.world_size, int(index)]))

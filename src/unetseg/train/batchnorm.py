@@ -14,16 +14,22 @@ YAML section ``batch_norm``::
 
 ``refresh_tiles`` tiles (0, the default, keeps the running averages) are drawn from the training
 set before every validation and before the final calibration and save, the same tiles for every
-rank. It is on in the DIC-HeLa recipe, where it was measured to help; on the nuclei recipe one
-run with and one without did not show a gain, so it is not the default (docs/training.md). The
-statistics are computed by :func:`torch.optim.swa_utils.update_bn`. Networks without batch norm
-are left alone and cost nothing.
+rank: the samples of the last steps, *without their augmentation* (:func:`refresh_source`), as
+inference sees the images. Over augmented tiles the statistics carried the shift of the intensity
+augmentation (gamma, contrast, noise) and depended on which tiles were drawn: on one DIC-HeLa fold
+model, SEG 0.53-0.78 on one frame across five draws of 256 augmented tiles (0.63 over 1024),
+0.86-0.87 across six draws of 64-1024 plain ones (docs/training.md, twenty-second session). It is
+on in the DIC-HeLa recipe, where it was measured to help; on the nuclei recipe one run with and one
+without did not show a gain, so it is not the default (docs/training.md). The statistics are
+computed by :func:`torch.optim.swa_utils.update_bn`. Networks without batch norm are left alone
+and cost nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,6 +84,19 @@ def refresh_indices(step: int, tiles: int, batch_size: int, world_size: int = 1)
     batches = -(-tiles // batch_size)
     first = max(0, step - batches)
     return [[(first + k) * world_size * batch_size + b for b in range(batch_size)] for k in range(batches)]
+
+
+def refresh_source(train_set: Any) -> Any:
+    """The dataset the statistics are recomputed over: ``train_set.unaugmented()`` where the
+    training set offers it (:meth:`unetseg.data.TileDataset.unaugmented`), else ``train_set``.
+
+    Examples
+    --------
+    >>> refresh_source([1, 2]) == [1, 2]
+    True
+    """
+    plain = getattr(train_set, "unaugmented", None)
+    return plain() if callable(plain) else train_set
 
 
 def recompute_statistics(model: nn.Module, batches: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]], *,

@@ -35,7 +35,7 @@ from ..models import ModelCard, load_with_config
 from ..models import save as save_model
 from . import distributed as dist_util
 from .averaging import WeightAverage
-from .batchnorm import recompute_statistics, refresh_indices
+from .batchnorm import recompute_statistics, refresh_indices, refresh_source
 from .calibrate import calibrate_model
 from .checkpoint import latest_checkpoint, load_checkpoint, read_averaged, save_checkpoint
 from .config import TrainConfig
@@ -382,14 +382,16 @@ def _is_better(value: float | None, best: float | None, mode: str) -> bool:
 
 
 def batch_norm_stage(state: RunState) -> None:
-    """Recompute the batch-norm statistics of the weights in use over training tiles (every rank alike)."""
+    """Recompute the batch-norm statistics of the weights in use over un-augmented training tiles (every rank alike)."""
     tiles = state.cfg.batch_norm.refresh_tiles
     if tiles == 0 or state.bn_step == state.step:
         return
     t0 = time.perf_counter()
 
+    source = refresh_source(state.train_set)
+
     def batches() -> list[Tensor]:
-        stacked = [torch.stack([state.train_set[i]["image"] for i in idx]) for idx in refresh_indices(state.step, tiles, state.cfg.batch_size, state.info.world_size)]
+        stacked = [torch.stack([source[i]["image"] for i in idx]) for idx in refresh_indices(state.step, tiles, state.cfg.batch_size, state.info.world_size)]
         return [b.to(state.device, memory_format=state.memory_format) for b in stacked]
 
     seed = int(np.random.SeedSequence([state.cfg.runtime.seed, state.step, 0xB4]).generate_state(1)[0])
