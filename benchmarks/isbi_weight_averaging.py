@@ -54,8 +54,9 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: np.ndarray) -
     return out
 
 
-def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int) -> list[torch.Tensor]:
-    """``n`` augmented input tiles of the run's training split, drawn as its recipe draws them."""
+def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int, *, augmented: bool = True, seed: int = 12345) -> list[torch.Tensor]:
+    """``n`` input tiles of the run's training split, drawn as its recipe draws them (``augmented``)
+    or the plain crops around the same centres, as training's batch-norm refresh now uses."""
     import dataclasses
 
     from unetseg.data import TileDataset
@@ -68,7 +69,8 @@ def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int) -> lis
     samp = cfg.sampling
     ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=cfg.augment if samp.augment else None,
                      foreground_bias=samp.foreground_bias, border_bias=samp.border_bias,
-                     border_threshold=samp.border_threshold, seed=12345)
+                     border_threshold=samp.border_threshold, seed=seed)
+    ds = ds if augmented else ds.unaugmented()
     return [ds[i]["image"][None] for i in range(n)]
 
 

@@ -41,3 +41,19 @@ def test_edge_areas_counts_only_objects_at_the_frame_edge():
     labels[5, 4] = 3
     assert edge_areas(labels) == [3, 4]
     assert edge_areas(labels, {3}) == [4]
+
+
+def test_bn_draws_parses_draws_and_reports_ranges(tmp_path, capsys):
+    import argparse
+
+    import pytest
+    from hela_bn_draws import main, parse_draw, ranges
+
+    assert parse_draw("64:7") == (64, 7)
+    for bad in ("64", "0:1", "a:1", "64:-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TILES:SEED"):
+            parse_draw(bad)
+    assert ranges([{"039": 0.5, "054": 0.9}, {"039": 0.7, "054": 0.8}]) == {"039": [0.5, 0.7], "054": [0.8, 0.9]}
+    assert ranges([]) == {}
+    assert main(["--cv", str(tmp_path), "--data", str(tmp_path)]) == 0  # nothing to score: says so, no error
+    assert "nothing to do" in capsys.readouterr().out
