@@ -2,17 +2,19 @@
 
     .venv/bin/unetseg cv --config configs/hela.yaml --folds 3 --minutes 9 --out /tmp/cv-hela
     flock /tmp/unetseg-bench.lock .venv/bin/python benchmarks/hela_bn_draws.py --cv /tmp/cv-hela --fold 2 \\
-        --augmented 256:2 256:12345 256:1 256:3 1024:4 --plain 256:12345 256:1 256:2 1024:3 64:4
+        --augmented 256:12345 256:1 256:3 1024:4 --plain 256:12345 256:1 64:4 1024:3 --geometric 256:1 1024:4
 
 Each fold model of an ``unetseg cv`` folder is scored on its held-out frames (8-fold TTA, the
 post-processing its model card records, CTC SEG per frame) with the statistics as saved, then
 with them recomputed (:func:`unetseg.train.recompute_statistics`) over each draw ``N:SEED``:
-``N`` tiles of the fold's training frames from a tile sampler seeded ``SEED``, either augmented
-as training draws them (``--augmented``) or the plain crops around the same centres
-(``--plain``, :meth:`unetseg.data.TileDataset.unaugmented`, what training uses since the
-twenty-second session). A draw that moves a frame's SEG a lot means the model depends on which
-tiles the statistics came from. Ends with one JSON line per fold (each frame's SEG range over the
-augmented and over the plain draws) with the CPU's flags.
+``N`` tiles of the fold's training frames from a tile sampler seeded ``SEED``: augmented as
+training draws them (``--augmented``), the plain crops around the same centres (``--plain``,
+:meth:`unetseg.data.TileDataset.unaugmented`, what training uses since the twenty-second
+session), or with the recipe's geometric augmentation alone (``--geometric``: no brightness,
+contrast, gamma or noise), which tells which part of the augmentation moves the statistics. A
+draw that moves a frame's SEG a lot means the model depends on which tiles the statistics came
+from. Ends with one JSON line per fold (each frame's SEG range over each kind of draw) with the
+CPU's flags.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ def parse_draw(text: str) -> tuple[int, int]:
     return int(n), int(seed)
 
 
-def frame_segs(fold: Path, data: Path, sequence: str, draw: tuple[int, int] | None, augmented: bool) -> dict[str, float]:
+def frame_segs(fold: Path, data: Path, sequence: str, draw: tuple[int, int] | None, tiles: str) -> dict[str, float]:
     """SEG of each held-out frame of ``fold`` with the statistics of ``draw`` (None: as saved)."""
     n, seed = draw if draw is not None else (0, 0)
-    predictor = fold_predictor(fold, data, n, augmented=augmented, seed=seed)
+    predictor = fold_predictor(fold, data, n, tiles=tiles, seed=seed)
     out = {}
     for f in sorted((fold / "held_out").glob("*.tif")):
         frame = f.stem.split("_t")[-1]
@@ -75,17 +77,18 @@ def main(argv=None) -> int:
     ap.add_argument("--fold", type=int, nargs="*", help="folds to score (default: all)")
     ap.add_argument("--augmented", type=parse_draw, nargs="*", default=[], help="draws TILES:SEED of augmented tiles")
     ap.add_argument("--plain", type=parse_draw, nargs="*", default=[], help="draws TILES:SEED of plain crops")
+    ap.add_argument("--geometric", type=parse_draw, nargs="*", default=[], help="draws TILES:SEED of tiles with the geometric augmentation alone")
     args = ap.parse_args(argv)
     folds = [f for f in sorted(args.cv.glob("fold*")) if not args.fold or int(f.name[4:]) in args.fold]
     if not folds or not (args.data / args.sequence).is_dir():
         print(f"no fold folders in {args.cv} or no HeLa data at {args.data}; nothing to do")
         return 0
     for fold in folds:
-        print(f"{fold.name}: as saved {frame_segs(fold, args.data, args.sequence, None, False)}", flush=True)
-        by_kind: dict[str, list[dict[str, float]]] = {"augmented": [], "plain": []}
-        for kind, draws in (("augmented", args.augmented), ("plain", args.plain)):
+        print(f"{fold.name}: as saved {frame_segs(fold, args.data, args.sequence, None, 'plain')}", flush=True)
+        by_kind: dict[str, list[dict[str, float]]] = {"augmented": [], "plain": [], "geometric": []}
+        for kind, draws in (("augmented", args.augmented), ("plain", args.plain), ("geometric", args.geometric)):
             for draw in draws:
-                by_kind[kind].append(frame_segs(fold, args.data, args.sequence, draw, kind == "augmented"))
+                by_kind[kind].append(frame_segs(fold, args.data, args.sequence, draw, kind))
                 print(f"{fold.name}: {kind} {draw[0]} tiles, seed {draw[1]}: {by_kind[kind][-1]}", flush=True)
         print(json.dumps({"fold": int(fold.name[4:]), **{f"{k}_draws": len(v) for k, v in by_kind.items()},
                           **{f"{k}_seg_range": ranges(v) for k, v in by_kind.items()}, "cpu_flags": cpu_flags()}), flush=True)

@@ -48,22 +48,23 @@ from unetseg.runtime import cpu_flags  # noqa: E402
 from unetseg.train.batchnorm import recompute_statistics  # noqa: E402
 
 
-def fold_predictor(fold: Path, data: Path, bn_refresh: int, *, augmented: bool = False, seed: int = 12345) -> Predictor:
+def fold_predictor(fold: Path, data: Path, bn_refresh: int, *, tiles: str = "plain", seed: int = 12345) -> Predictor:
     """The fold's model, its batch-norm statistics recomputed over ``bn_refresh`` training tiles if
-    > 0: plain crops as training draws them now, or ``augmented`` ones as it did before."""
+    > 0: ``plain`` crops as training draws them now, ``augmented`` ones as it did before, or
+    ``geometric`` (augmented without the intensity part)."""
     if not bn_refresh:
         return Predictor.from_path(fold)
     model, meta = load_with_config(fold / "model.safetensors")
     torch.manual_seed(0)  # the dropout of the pass that collects the statistics: the same on every call
-    recompute_statistics(model, training_tiles(fold, data, model, bn_refresh, augmented=augmented, seed=seed))
+    recompute_statistics(model, training_tiles(fold, data, model, bn_refresh, tiles=tiles, seed=seed))
     return Predictor(model, card=meta["card"])
 
 
-def held_out(cv: Path, data: Path, sequence: str, bn_refresh: int = 0, *, augmented: bool = False) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+def held_out(cv: Path, data: Path, sequence: str, bn_refresh: int = 0, *, tiles: str = "plain") -> list[tuple[int, str, np.ndarray, np.ndarray]]:
     """(fold, frame, class probabilities, reference labels) of every held-out frame."""
     out = []
     for fold in sorted(cv.glob("fold*")):
-        predictor = fold_predictor(fold, data, bn_refresh, augmented=augmented)
+        predictor = fold_predictor(fold, data, bn_refresh, tiles=tiles)
         for f in sorted((fold / "held_out").glob("*.tif")):
             frame = f.stem.split("_t")[-1]
             prob = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="prob", tta=True)
@@ -182,10 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bn-refresh", type=int, default=0,
                     help="recompute each fold model's batch-norm statistics over N tiles of its training frames first "
                          "(for folds trained before batch_norm.refresh_tiles, or before it left out the augmentation)")
-    ap.add_argument("--bn-tiles", choices=("plain", "augmented"), default="plain",
-                    help="--bn-refresh over plain crops (as training does since the twenty-second session) or augmented tiles (before)")
+    ap.add_argument("--bn-tiles", choices=("plain", "augmented", "geometric"), default="plain",
+                    help="--bn-refresh over plain crops (as training does since the twenty-second session) or augmented tiles (before), or geometric (augmented without intensity changes)")
     args = ap.parse_args(argv)
-    frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh, augmented=args.bn_tiles == "augmented")
+    frames = held_out(args.cv, args.data, args.sequence, args.bn_refresh, tiles=args.bn_tiles)
     print(f"smallest annotated cell touching the frame's edge: {min(a for *_, gt in frames for a in edge_areas(gt))} px", flush=True)
     candidates = list(itertools.product(args.split, args.min_size, args.threshold, sorted(args.edge_min_size)))
     table = {}

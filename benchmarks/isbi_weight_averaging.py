@@ -54,9 +54,11 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: np.ndarray) -
     return out
 
 
-def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int, *, augmented: bool = True, seed: int = 12345) -> list[torch.Tensor]:
-    """``n`` input tiles of the run's training split, drawn as its recipe draws them (``augmented``)
-    or the plain crops around the same centres, as training's batch-norm refresh now uses."""
+def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int, *, tiles: str = "augmented", seed: int = 12345) -> list[torch.Tensor]:
+    """``n`` input tiles of the run's training split, drawn as its recipe draws them: ``augmented``
+    as it trains on them, ``plain`` crops around the same centres (what training's batch-norm refresh
+    uses), or ``geometric``: the recipe's augmentation without its intensity part (brightness,
+    contrast, gamma, noise)."""
     import dataclasses
 
     from unetseg.data import TileDataset
@@ -67,10 +69,13 @@ def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int, *, aug
     items = load_train_split(split, cfg, None, "train_data").items
     out_shape = tuple(cfg.tile)
     samp = cfg.sampling
-    ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=cfg.augment if samp.augment else None,
+    augment = cfg.augment if samp.augment else None
+    if augment is not None and tiles == "geometric":
+        augment = dataclasses.replace(augment, brightness_p=0.0, contrast_p=0.0, gamma_p=0.0, noise_p=0.0)
+    ds = TileDataset(items, model.input_shape_for(out_shape), out_shape, augment=augment,
                      foreground_bias=samp.foreground_bias, border_bias=samp.border_bias,
                      border_threshold=samp.border_threshold, seed=seed)
-    ds = ds if augmented else ds.unaugmented()
+    ds = ds.unaugmented() if tiles == "plain" else ds
     return [ds[i]["image"][None] for i in range(n)]
 
 
