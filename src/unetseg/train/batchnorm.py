@@ -16,9 +16,10 @@ YAML section ``batch_norm``::
 set before every validation and before the final calibration and save, the same tiles for every
 rank: the samples of the last steps, *without their augmentation* (:func:`refresh_source`), as
 inference sees the images. Over augmented tiles the statistics carried the shift of the intensity
-augmentation (gamma, contrast, noise) and depended on which tiles were drawn: on one DIC-HeLa fold
-model, SEG 0.53-0.78 on one frame across five draws of 256 augmented tiles (0.63 over 1024),
-0.86-0.87 across six draws of 64-1024 plain ones (docs/training.md, twenty-second session). It is
+augmentation (brightness, contrast, gamma, noise) and depended on which tiles were drawn: on one
+DIC-HeLa fold model, one frame's SEG was 0.51-0.78 over four draws of 256-1024 augmented tiles and
+0.86-0.87 over four draws of 64-1024 plain ones (``benchmarks/hela_bn_draws.py``; docs/training.md,
+twenty-second session). It is
 on in the DIC-HeLa recipe, where it was measured to help; on the nuclei recipe one run with and one
 without did not show a gain, so it is not the default (docs/training.md). The statistics are
 computed by :func:`torch.optim.swa_utils.update_bn`. Networks without batch norm are left alone
