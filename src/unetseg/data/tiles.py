@@ -153,8 +153,8 @@ class TileDataset(Dataset):
         """The same samples without augmentation: item ``i`` is the plain crop of the image and
         centre that item ``i`` here is drawn around, as inference sees the images.
 
-        Batch-norm statistics are recomputed over these (:mod:`unetseg.train.batchnorm`): the
-        intensity augmentation (gamma, contrast, noise) shifts the inputs' statistics away from
+        Batch-norm statistics are recomputed over these (:mod:`unetseg.train.batchnorm`): over
+        tiles with the intensity augmentation (brightness, contrast, gamma, noise) they are not
         those of real images.
 
         Examples

@@ -15,15 +15,15 @@ YAML section ``batch_norm``::
 ``refresh_tiles`` tiles (0, the default, keeps the running averages) are drawn from the training
 set before every validation and before the final calibration and save, the same tiles for every
 rank: the samples of the last steps, *without their augmentation* (:func:`refresh_source`), as
-inference sees the images. Over augmented tiles the statistics carried the shift of the intensity
-augmentation (brightness, contrast, gamma, noise) and depended on which tiles were drawn: on one
-DIC-HeLa fold model, one frame's SEG was 0.51-0.78 over four draws of 256-1024 augmented tiles and
-0.86-0.87 over four draws of 64-1024 plain ones (``benchmarks/hela_bn_draws.py``; docs/training.md,
-twenty-second session). It is
-on in the DIC-HeLa recipe, where it was measured to help; on the nuclei recipe one run with and one
-without did not show a gain, so it is not the default (docs/training.md). The statistics are
-computed by :func:`torch.optim.swa_utils.update_bn`. Networks without batch norm are left alone
-and cost nothing.
+inference sees the images. Over augmented tiles the statistics depended on which tiles were drawn:
+on one DIC-HeLa fold model, one frame's SEG was 0.51-0.78 over four draws of 256-1024 augmented
+tiles, 0.86-0.87 over four draws of 64-1024 plain ones, and 0.87 over two draws with the geometric
+augmentation alone, so the intensity part (brightness, contrast, gamma, noise) was the cause
+(``benchmarks/hela_bn_draws.py``; docs/training.md, twenty-second session). It is on in the
+DIC-HeLa recipe, where it was measured to help; on the nuclei recipe one run with and one without
+(over augmented tiles then) did not show a gain, so it is not the default (docs/training.md). The
+statistics are computed by :func:`torch.optim.swa_utils.update_bn`. Networks without batch norm
+are left alone and cost nothing.
 """
 
 from __future__ import annotations
