@@ -48,16 +48,17 @@ def parse_draw(text: str) -> tuple[int, int]:
     return int(n), int(seed)
 
 
-def frame_segs(fold: Path, data: Path, sequence: str, draw: tuple[int, int] | None, tiles: str) -> dict[str, float]:
+def held_out_frames(fold: Path, data: Path, sequence: str) -> dict[str, tuple]:
+    """Frame -> (image, reference labels) of ``fold``'s held-out frames, read once per fold."""
+    frames = [f.stem.split("_t")[-1] for f in sorted((fold / "held_out").glob("*.tif"))]
+    return {k: (read_image(data / sequence / f"t{k}.tif"), read_image(data / f"{sequence}_GT" / "SEG" / f"man_seg{k}.tif")) for k in frames}
+
+
+def frame_segs(fold: Path, data: Path, frames: dict[str, tuple], draw: tuple[int, int] | None, tiles: str) -> dict[str, float]:
     """SEG of each held-out frame of ``fold`` with the statistics of ``draw`` (None: as saved)."""
     n, seed = draw if draw is not None else (0, 0)
     predictor = fold_predictor(fold, data, n, tiles=tiles, seed=seed)
-    out = {}
-    for f in sorted((fold / "held_out").glob("*.tif")):
-        frame = f.stem.split("_t")[-1]
-        labels = predict_array(predictor, read_image(data / sequence / f"t{frame}.tif"), output="labels", tta=True)
-        out[frame] = round(seg_score(read_image(data / f"{sequence}_GT" / "SEG" / f"man_seg{frame}.tif"), labels), 4)
-    return out
+    return {k: round(seg_score(gt, predict_array(predictor, image, output="labels", tta=True)), 4) for k, (image, gt) in frames.items()}
 
 
 def ranges(rows: list[dict[str, float]]) -> dict[str, list[float]]:
@@ -84,11 +85,12 @@ def main(argv=None) -> int:
         print(f"no fold folders in {args.cv} or no HeLa data at {args.data}; nothing to do")
         return 0
     for fold in folds:
-        print(f"{fold.name}: as saved {frame_segs(fold, args.data, args.sequence, None, 'plain')}", flush=True)
+        frames = held_out_frames(fold, args.data, args.sequence)
+        print(f"{fold.name}: as saved {frame_segs(fold, args.data, frames, None, 'plain')}", flush=True)
         by_kind: dict[str, list[dict[str, float]]] = {"augmented": [], "plain": [], "geometric": []}
         for kind, draws in (("augmented", args.augmented), ("plain", args.plain), ("geometric", args.geometric)):
             for draw in draws:
-                by_kind[kind].append(frame_segs(fold, args.data, args.sequence, draw, kind))
+                by_kind[kind].append(frame_segs(fold, args.data, frames, draw, kind))
                 print(f"{fold.name}: {kind} {draw[0]} tiles, seed {draw[1]}: {by_kind[kind][-1]}", flush=True)
         print(json.dumps({"fold": int(fold.name[4:]), **{f"{k}_draws": len(v) for k, v in by_kind.items()},
                           **{f"{k}_seg_range": ranges(v) for k, v in by_kind.items()}, "cpu_flags": cpu_flags()}), flush=True)

@@ -76,17 +76,20 @@ def held_out(cv: Path, data: Path, sequence: str, bn_refresh: int = 0, *, tiles:
 EDGES = ("top", "bottom", "left", "right")
 
 
+def false_ids(gt: np.ndarray, labels: np.ndarray) -> set[int]:
+    """Ids of the predicted objects that touch no reference cell."""
+    return set(np.unique(labels[labels > 0]).tolist()) - set(np.unique(labels[(labels > 0) & (gt > 0)]).tolist())
+
+
 def false_objects(gt: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     """(predicted objects touching no reference cell, predicted objects)."""
-    ids = np.unique(labels[labels > 0])
-    touching = np.unique(labels[(labels > 0) & (gt > 0)])
-    return len(ids) - len(touching), len(ids)
+    return len(false_ids(gt, labels)), len(np.unique(labels[labels > 0]))
 
 
 def false_objects_at_edges(gt: np.ndarray, labels: np.ndarray) -> dict[str, int]:
     """How many predicted objects touching no reference cell touch each edge of the frame
     (``none``: no edge), to tell unannotated cells cut by the frame from objects in open background."""
-    false = set(np.unique(labels[labels > 0]).tolist()) - set(np.unique(labels[(labels > 0) & (gt > 0)]).tolist())
+    false = false_ids(gt, labels)
     rims = dict(zip(EDGES, (labels[0], labels[-1], labels[:, 0], labels[:, -1])))
     at = {e: {int(i) for i in np.unique(rim)} & false for e, rim in rims.items()}
     return {**{e: len(ids) for e, ids in at.items()}, "none": len(false - set().union(*at.values()))}
@@ -140,8 +143,7 @@ def score(frames, split: str, min_size: int, threshold: float, edge_min_size: in
             false_complete = [false_complete[0] + bad, false_complete[1] + n]
             at = false_objects_at_edges(gt, labels)
             edges_complete = {e: k + at[e] for e, k in edges_complete.items()}
-            false_ids = set(np.unique(labels[labels > 0]).tolist()) - set(np.unique(labels[(labels > 0) & (gt > 0)]).tolist())
-            false_edge_areas += edge_areas(labels, false_ids)
+            false_edge_areas += edge_areas(labels, false_ids(gt, labels))
     folds = [float(np.mean(v)) for _, v in sorted(per_fold.items())]
     return rows, {"split": split, "min_size": min_size, "threshold": threshold, "edge_min_size": edge_min_size, "seg_per_fold": [round(s, 4) for s in folds],
             "seg_mean": round(float(np.mean(folds)), 4), "seg_pooled": round(float(np.mean(per_object)), 4), "false_objects": false_all, "false_objects_complete_frames": false_complete,
