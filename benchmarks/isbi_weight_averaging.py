@@ -62,6 +62,9 @@ def training_tiles(run: Path, data: Path, model: torch.nn.Module, n: int, *, til
     import dataclasses
 
     from unetseg.data import TileDataset
+
+    if tiles not in ("augmented", "plain", "geometric"):
+        raise ValueError(f"tiles={tiles!r}: expected augmented, plain or geometric")
     from unetseg.train.setup import load_split as load_train_split
 
     cfg = load_train_config(run / "config.yaml")

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -57,3 +58,10 @@ def test_bn_draws_parses_draws_and_reports_ranges(tmp_path, capsys):
     assert ranges([]) == {}
     assert main(["--cv", str(tmp_path), "--data", str(tmp_path)]) == 0  # nothing to score: says so, no error
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_the_batch_norm_tiles_are_named_or_refused():
+    from isbi_weight_averaging import training_tiles
+
+    with pytest.raises(ValueError, match="augmented, plain or geometric"):
+        training_tiles(Path("no-run"), Path("no-data"), None, 1, tiles="intensity")
