@@ -72,36 +72,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cv", type=Path, required=True, help="an `unetseg cv` folder (fold0, fold1, ... and cv.json)")
     ap.add_argument("--tiles", type=int, nargs="+", default=[0, 260, 132], help="output tile sizes (0: automatic)")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "isbi2012", help="the labelled sections")
     ap.add_argument("--no-tta", dest="tta", action="store_false")
     args = ap.parse_args()
     summary = json.loads((args.cv / "cv.json").read_text())
-    cfg = load_train_config(args.cv / "fold0" / "config.yaml")
-    data = Path(cfg.train_data.path)
-    data = data if data.is_absolute() else (args.cv / "fold0" / data).resolve()
-    if not data.is_dir():
-        data = REPO.parent / "shared" / "data" / "isbi2012"
-    by_name = {it.name: it for it in load_dataset(data, cfg.data)}
+    cfg = load_train_config(args.cv / "fold0" / "config.yaml")  # the folds share the data section
+    by_name = {it.name: it for it in load_dataset(args.data, cfg.data)}
+    folds = [([by_name[n] for n in f["held_out"]], Predictor.from_path(args.cv / f"fold{f['fold']}")) for f in summary["folds"]]
+    gts = [reference_labels(it, "isbi2012") for items, _ in folds for it in items]
     print(json.dumps({"cpu": cpu_flags(), "cv": str(args.cv), "tiles": args.tiles, "tta": args.tta}), flush=True)
     reference = None
     for tile in args.tiles:
         t0 = time.perf_counter()
-        maps, borders, gts = [], [], []
-        for fold in summary["folds"]:
-            items = [by_name[n] for n in fold["held_out"]]
-            predictor = Predictor.from_path(args.cv / f"fold{fold['fold']}")
+        maps, borders = [], []
+        for items, predictor in folds:
             m, b = predict_maps(predictor, [it.image for it in items], tile, args.tta)
             maps += m
             borders += b
-            gts += [reference_labels(it, "isbi2012") for it in items]
         row = {"tile": tile, **headline(evaluate_predictions("isbi2012", maps, gts), "isbi2012"),
                "seconds": round(time.perf_counter() - t0, 1)}
         if reference is None:
             reference = maps
         else:
-            diff = np.abs(np.stack(maps) - np.stack(reference))
-            seam = np.stack(borders)
-            row.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
-                       flipped=float(np.mean((np.stack(maps) > 0.5) != (np.stack(reference) > 0.5))),
+            now, ref, seam = np.stack(maps), np.stack(reference), np.stack(borders)
+            diff = np.abs(now - ref)
+            row.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), flipped=float(np.mean((now > 0.5) != (ref > 0.5))),
                        diff_at_tile_borders=float(diff[seam].mean()) if seam.any() else None,
                        diff_elsewhere=float(diff[~seam].mean()))
         print(json.dumps(row), flush=True)
